@@ -1,0 +1,47 @@
+# c3dfeat developer commands. `make install` then `make test` is the whole set-up.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+REF_VENV ?= .venv-ref
+ARGS ?=
+
+.PHONY: install test test-slow test-parity lint bench check-import clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# torch is pinned first: an unpinned torch would pull a multi-GB CUDA build.
+install: $(BIN)/python
+	$(BIN)/pip install "torch==2.13.0"
+	$(BIN)/pip install -e ".[test]"
+
+test:
+	$(BIN)/python -m pytest -m "not parity and not slow" $(ARGS)
+
+test-slow:
+	$(BIN)/python -m pytest -m "slow" $(ARGS)
+
+# Parity with torchvision / pytorchvideo: they need torch 2.14.1 (PyPI's torchvision does not import beside 2.13.0).
+$(REF_VENV)/bin/python:
+	$(PYTHON) -m venv $(REF_VENV)
+	$(REF_VENV)/bin/pip install --quiet --upgrade pip
+
+test-parity: $(REF_VENV)/bin/python
+	$(REF_VENV)/bin/pip install "torch==2.14.1" "torchvision==0.29.1"
+	$(REF_VENV)/bin/pip install -e ".[test]" "pytorchvideo==0.1.5"
+	$(REF_VENV)/bin/python -m pytest -m parity $(ARGS)
+
+lint:
+	$(BIN)/python -m compileall -q c3dfeat scripts tests
+
+check-import:
+	$(BIN)/python -c "import c3dfeat; print(len(c3dfeat.list_models()), 'models')"
+
+bench:
+	$(BIN)/python scripts/bench_models.py
+	$(BIN)/python scripts/bench_extract.py
+	$(BIN)/python scripts/bench_eval.py
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache

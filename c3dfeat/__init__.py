@@ -1,0 +1,9 @@
+"""c3dfeat: spatiotemporal features from the published 3D ConvNets, in one HDF5 file."""
+from c3dfeat.errors import C3DFeatError as C3DFeatError
+from c3dfeat.models import (
+    create_model as create_model,
+    extract_layers as extract_layers,
+    get_spec as get_spec,
+    list_models as list_models,
+)
+from c3dfeat.version import __version__ as __version__

@@ -1,0 +1,33 @@
+"""Command-line interface: thin click commands over the Python API.
+
+One module per command group; each registers itself on `cli` below. Library errors
+(C3DFeatError) become click errors here and nowhere else.
+"""
+from __future__ import annotations
+
+import click
+
+from c3dfeat.errors import C3DFeatError
+from c3dfeat.version import __version__
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except C3DFeatError as e:
+            raise click.ClickException(str(e)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="c3dfeat")
+def cli() -> None:
+    """Spatiotemporal video features from C3D, Res3D, R(2+1)D and CSN, in one HDF5 file."""
+
+
+def main() -> None:
+    cli(prog_name="c3dfeat")
+
+
+# Command modules register themselves on `cli` (keep this list in sync with the files).
+from c3dfeat.cli import models_cmd  # noqa: E402,F401

@@ -1,0 +1,57 @@
+"""Typed errors. Every message names the offending value and says what to do.
+
+The CLI turns any :class:`C3DFeatError` into a click error (exit code 1); nothing else in the
+library imports click.
+"""
+from __future__ import annotations
+
+
+class C3DFeatError(Exception):
+    """Base class of all errors c3dfeat raises on purpose."""
+
+
+class UnknownModelError(C3DFeatError, KeyError):
+    """A model name or checkpoint tag that is not in the registry."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownLayerError(C3DFeatError, ValueError):
+    """A feature layer a model does not have."""
+
+
+class WeightsError(C3DFeatError):
+    """Weights cannot be found, downloaded, verified, converted or loaded."""
+
+
+class WeightsNotFoundError(WeightsError):
+    """The checkpoint is not in any weights directory and cannot be downloaded."""
+
+
+class ChecksumError(WeightsError):
+    """A file's SHA-256 does not match the published one."""
+
+
+class UnsafePickleError(WeightsError):
+    """A pickle tried to do more than hold containers, strings, numbers and arrays."""
+
+
+class ConversionError(WeightsError):
+    """An original Caffe / Caffe2 file does not fit the model it should convert to."""
+
+
+class VideoDecodeError(C3DFeatError):
+    """A video cannot be opened or decoded."""
+
+
+class StoreError(C3DFeatError):
+    """A feature file is missing, malformed, or incompatible with the request."""
+
+
+class ProvenanceMismatchError(StoreError):
+    """Feature files (or a file and a run) were made with different settings."""
+
+
+class EvalError(C3DFeatError):
+    """Evaluation inputs (labels, splits, features) are missing or inconsistent."""

@@ -1,0 +1,19 @@
+"""Model zoo. Adding a model = one family file + one import line here; tests pick it up."""
+from c3dfeat.models._registry import (
+    all_specs as all_specs,
+    create_model as create_model,
+    extract_layers as extract_layers,
+    get_spec as get_spec,
+    list_models as list_models,
+    register_model as register_model,
+    split_name as split_name,
+)
+from c3dfeat.models._spec import (
+    Checkpoint as Checkpoint,
+    LayerSpec as LayerSpec,
+    ModelSpec as ModelSpec,
+    Preprocessing as Preprocessing,
+)
+
+# Family files register their models on import.
+from c3dfeat.models import c3d  # noqa: E402,F401

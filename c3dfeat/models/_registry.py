@@ -1,0 +1,119 @@
+"""The model registry: names -> ModelSpec, and the public builders on top of it."""
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+
+from c3dfeat.errors import UnknownModelError
+from c3dfeat.models._spec import ModelSpec
+
+_REGISTRY: Dict[str, ModelSpec] = {}
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    """Add `spec` to the registry (each family file calls this once per architecture)."""
+    if spec.name in _REGISTRY:
+        raise ValueError(f"model {spec.name!r} is registered twice")
+    spec.layer(spec.default_layer)  # fail at import time on a typo
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def list_models(pattern: str = "*", with_tags: bool = False) -> List[str]:
+    """Registered architecture names (or every `name.tag` with `with_tags`), sorted."""
+    names = []
+    for name, spec in _REGISTRY.items():
+        if with_tags:
+            names.extend(f"{name}.{c.tag}" for c in spec.weight_checkpoints)
+            if not spec.weight_checkpoints:
+                names.append(name)
+        else:
+            names.append(name)
+    return sorted(n for n in names if fnmatch.fnmatch(n, pattern))
+
+
+def split_name(name: str) -> tuple:
+    """"r2plus1d_34.ig65m_32f" -> ("r2plus1d_34", "ig65m_32f"); "c3d" -> ("c3d", None)."""
+    arch, _, tag = name.partition(".")
+    return arch, (tag or None)
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The frozen spec of `name` ("arch" or "arch.tag"), resolved to its (default) checkpoint."""
+    arch, tag = split_name(name)
+    try:
+        spec = _REGISTRY[arch]
+    except KeyError:
+        raise UnknownModelError(
+            f"unknown model {arch!r}; available models: {', '.join(sorted(_REGISTRY))} "
+            "(`c3dfeat models` lists them with their checkpoint tags)"
+        ) from None
+    return spec.resolve(tag)
+
+
+def create_model(
+    name: str,
+    pretrained: Union[bool, str, Path] = False,
+    *,
+    weights_dir: Optional[Union[str, Path]] = None,
+    allow_unverified: bool = False,
+    num_classes: Optional[int] = None,
+) -> nn.Module:
+    """Build `name` in eval mode; `model.spec` holds its resolved ModelSpec.
+
+    Args:
+        name: "arch" or "arch.tag" (the tag picks the checkpoint; default: the first one).
+        pretrained: False for random init, True for the checkpoint (found in the weights
+            directories or downloaded), or a path to a local file in any supported format.
+        weights_dir: an explicit weights directory, searched before the defaults.
+        allow_unverified: accept a download that has no published hash.
+        num_classes: override the classifier size (only without pretrained weights).
+    """
+    spec = get_spec(name)
+    classes = spec.num_classes if num_classes is None else num_classes
+    if pretrained is not False and classes != spec.num_classes:
+        raise ValueError(f"num_classes={classes} conflicts with checkpoint {spec.full_name} ({spec.num_classes})")
+    model = spec.builder(num_classes=classes)
+    model.spec = spec
+    model.weights_sha256 = None  # set by the loader; None means random init
+    if pretrained is not False:
+        from c3dfeat.weights import load_pretrained  # late import: weights imports the registry
+
+        load_pretrained(
+            model,
+            spec,
+            None if pretrained is True else Path(pretrained),
+            weights_dir=weights_dir,
+            allow_unverified=allow_unverified,
+        )
+    return model.eval()
+
+
+def extract_layers(
+    model: nn.Module, clips: torch.Tensor, layers: Union[str, Sequence[str]]
+) -> Dict[str, torch.Tensor]:
+    """Features of several layers from ONE forward pass; layers past the deepest are skipped.
+
+    Args:
+        model: a model from :func:`create_model`.
+        clips: preprocessed clips, (N, C, T, H, W).
+        layers: layer names (canonical or original aliases, e.g. "fc6-1").
+
+    Returns:
+        {requested name: tensor (N, ...)} — the layer's own shape per clip, not flattened.
+    """
+    if isinstance(layers, str):
+        layers = [layers]
+    spec: ModelSpec = model.spec
+    canonical = {name: spec.layer(name).name for name in layers}
+    with torch.inference_mode():
+        out = model.forward_layers(clips, spec.canonical_layers(layers))
+    return {name: out[canon] for name, canon in canonical.items()}
+
+
+def all_specs() -> Iterable[ModelSpec]:
+    return [_REGISTRY[n] for n in sorted(_REGISTRY)]

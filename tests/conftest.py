@@ -1,0 +1,15 @@
+import os
+
+import pytest
+import torch
+
+# Two cores: keep the test process from oversubscribing them.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture
+def rng():
+    torch.manual_seed(0)
+    import numpy as np
+
+    return np.random.default_rng(0)
