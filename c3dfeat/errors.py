@@ -55,3 +55,11 @@ class ProvenanceMismatchError(StoreError):
 
 class EvalError(C3DFeatError):
     """Evaluation inputs (labels, splits, features) are missing or inconsistent."""
+
+
+class ConfigError(C3DFeatError, ValueError):
+    """An option value (sampling, crops, shard ...) is out of range or inconsistent."""
+
+
+class InputError(C3DFeatError):
+    """An input path or list file does not exist or cannot be parsed."""
