@@ -17,3 +17,8 @@ from c3dfeat.models._spec import (
 
 # Family files register their models on import.
 from c3dfeat.models import c3d  # noqa: E402,F401
+from c3dfeat.models import res3d  # noqa: E402,F401
+from c3dfeat.models import torchvision_resnets  # noqa: E402,F401
+from c3dfeat.models import ig65m  # noqa: E402,F401
+from c3dfeat.models import vmz  # noqa: E402,F401
+from c3dfeat.models import pytorchvideo_models  # noqa: E402,F401

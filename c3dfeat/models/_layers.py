@@ -1,0 +1,53 @@
+"""The one-pass, stop-early feature machinery shared by every model family."""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from c3dfeat.errors import UnknownLayerError
+
+# A forward pass as an ordered list of steps `(name, fn)` or `(name, fn, tap)`: `fn` maps the
+# running tensor on; a step that produces a feature layer names it, and `tap` (optional) derives
+# the emitted feature from fn's output without changing what flows on (pytorchvideo's pool5).
+Fn = Callable[[torch.Tensor], torch.Tensor]
+Step = Union[Tuple[Optional[str], Fn], Tuple[Optional[str], Fn, Fn]]
+
+
+class LayerwiseModel(nn.Module):
+    """Base for models that expose named feature layers.
+
+    Subclasses list their forward pass in `_steps()`; `forward_layers` runs it once and stops after
+    the deepest requested layer, so layers past it cost nothing.
+    """
+
+    #: canonical layer names in forward order (the ModelSpec declares the same list)
+    layer_names: Tuple[str, ...] = ()
+
+    def _steps(self) -> List[Step]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward_layers(self, x: torch.Tensor, layers: Sequence[str]) -> Dict[str, torch.Tensor]:
+        """Canonical layers in `layers` from one pass; stops after the deepest one."""
+        wanted = set(layers)
+        unknown = wanted - set(self.layer_names)
+        if unknown:
+            raise UnknownLayerError(
+                f"{type(self).__name__} has no layer(s) {sorted(unknown)}; valid: {', '.join(self.layer_names)}"
+            )
+        out: Dict[str, torch.Tensor] = {}
+        if not wanted:
+            return out
+        for step in self._steps():
+            name, fn = step[0], step[1]
+            x = fn(x)
+            if name in wanted:
+                out[name] = step[2](x) if len(step) > 2 else x  # type: ignore[misc]
+                if len(out) == len(wanted):
+                    break
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (before any softmax)."""
+        return self.forward_layers(x, ["logits"])["logits"]
