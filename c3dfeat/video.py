@@ -1,0 +1,395 @@
+"""Decode video frames by index: decord (default) or PyAV behind one small reader interface.
+
+Frames are addressed by their index in presentation order (0 = first decoded frame), never by
+timestamp: container timestamps are unreliable (the UCF101 AVI of the C3D examples has them out
+of order), and clip sampling is defined on frame indices (docs/sampling.md).
+
+    with open_video("a.mp4") as v:
+        v.num_frames, v.fps, v.height, v.width
+        frames = v.get_frames([0, 1, 2])   # uint8 (3, H, W, 3) RGB
+
+Memory is bounded by the request: a reader never decodes or holds a whole video, only the frames
+asked for plus the frames of the previous request (so overlapping clips do not decode twice).
+Every failure (missing file, not a video, no video stream, truncated data, a frame that does not
+decode) raises :class:`~c3dfeat.errors.VideoDecodeError` naming the file and the reason.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+
+from c3dfeat.errors import VideoDecodeError
+
+__all__ = ["BACKENDS", "VideoReader", "open_video", "available_backends"]
+
+BACKENDS = ("decord", "pyav")
+PathLike = Union[str, os.PathLike]
+
+_INSTALL_HINT = {
+    "decord": "pip install decord   (no wheel for macOS arm64 / Linux aarch64: use --decoder pyav)",
+    "pyav": "pip install av   (or: pip install 'c3dfeat[pyav]')",
+}
+
+
+def _import_backend(backend: str):
+    """Import the backend lazily and silence its logging once (decoder noise floods terminals)."""
+    if backend == "decord":
+        try:
+            import decord
+        except ImportError as e:  # pragma: no cover - depends on the platform
+            raise VideoDecodeError(f"the decord backend is not installed ({e}); {_INSTALL_HINT['decord']}") from e
+        # decord forwards ffmpeg's log (e.g. "[mpeg4] ac-tex damaged") to stderr by default.
+        decord.logging.set_level(decord.logging.QUIET)
+        return decord
+    if backend == "pyav":
+        try:
+            import av
+        except ImportError as e:  # pragma: no cover
+            raise VideoDecodeError(f"the pyav backend is not installed ({e}); {_INSTALL_HINT['pyav']}") from e
+        av.logging.set_level(None)  # None = PyAV does not install ffmpeg's log callback: silent
+        return av
+    raise VideoDecodeError(f"unknown video backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def available_backends() -> List[str]:
+    """The backends that import on this machine, in order of preference."""
+    out = []
+    for b in BACKENDS:
+        try:
+            _import_backend(b)
+        except VideoDecodeError:
+            continue
+        out.append(b)
+    return out
+
+
+_STDERR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2 while decord opens a file.
+
+    decord's own C++ logger (not ffmpeg's, so `decord.logging` cannot stop it) prints
+    "ERROR opening: <file>" for every unreadable file; the reason reaches us in the exception
+    anyway. Other threads' stderr output during these few milliseconds is lost too (a rich
+    progress refresh at worst).
+    """
+    with _STDERR_LOCK:
+        try:
+            saved = os.dup(2)
+        except OSError:  # no fd 2 at all
+            yield
+            return
+        try:
+            with open(os.devnull, "wb") as null:
+                os.dup2(null.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise VideoDecodeError(f"{path}: no such file")
+    if path.is_dir():
+        raise VideoDecodeError(f"{path}: is a directory, not a video file")
+    if path.stat().st_size == 0:
+        raise VideoDecodeError(f"{path}: empty file (0 bytes)")
+
+
+class VideoReader:
+    """Random access to the frames of one video by index (see the module docstring).
+
+    Subclasses implement `_open`, `_read(sorted_unique_indices) -> list of (H, W, 3) uint8`
+    and `_close`; this class validates indices, keeps the previous request's frames and
+    assembles the answer in the order asked.
+    """
+
+    backend: str = ""
+
+    def __init__(self, path: PathLike) -> None:
+        self.path = Path(path)
+        self.num_frames: int = 0
+        self.fps: float = 0.0
+        self.height: int = 0
+        self.width: int = 0
+        self._cache: Dict[int, np.ndarray] = {}
+        self._closed = False
+        _check_file(self.path)
+        self._open()
+        if self.num_frames <= 0:
+            self.close()
+            raise VideoDecodeError(f"{self.path}: the video stream has no frames")
+
+    # ---------------------------------------------------------------- public
+    @property
+    def duration(self) -> float:
+        """Seconds, from the frame count and the average frame rate (0 when fps is unknown)."""
+        return self.num_frames / self.fps if self.fps > 0 else 0.0
+
+    def get_frames(self, indices: Sequence[int]) -> np.ndarray:
+        """Frames at `indices` (any order, repeats allowed) as uint8 (n, H, W, 3) RGB."""
+        if self._closed:
+            raise VideoDecodeError(f"{self.path}: reader is closed")
+        idx = [int(i) for i in indices]
+        for i in idx:
+            if not 0 <= i < self.num_frames:
+                raise VideoDecodeError(
+                    f"{self.path}: frame index {i} is out of range (the video has {self.num_frames} frames)"
+                )
+        out = np.empty((len(idx), self.height, self.width, 3), dtype=np.uint8)
+        if not idx:
+            return out
+        wanted = sorted(set(idx))
+        missing = [i for i in wanted if i not in self._cache]
+        got: Dict[int, np.ndarray] = {i: self._cache[i] for i in wanted if i in self._cache}
+        if missing:
+            frames = self._read(missing)
+            for i, f in zip(missing, frames):
+                if f.shape != (self.height, self.width, 3):
+                    raise VideoDecodeError(
+                        f"{self.path}: frame {i} has shape {f.shape[:2]}, the stream says "
+                        f"{(self.height, self.width)} (resolution changes inside a video are not supported)"
+                    )
+                got[i] = f
+        for k, i in enumerate(idx):
+            out[k] = got[i]
+        # Keep exactly this request's frames: the next overlapping clip reuses them, memory stays
+        # bounded by one request.
+        self._cache = got
+        return out
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._cache = {}
+            self._close()
+
+    def __enter__(self) -> "VideoReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({str(self.path)!r}, frames={self.num_frames}, fps={self.fps:.3f}, "
+            f"size={self.width}x{self.height})"
+        )
+
+    # ---------------------------------------------------------------- backend hooks
+    def _open(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _read(self, indices: List[int]) -> List[np.ndarray]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _close(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class DecordReader(VideoReader):
+    """decord.VideoReader: builds a frame index at open, seeks to key frames by itself."""
+
+    backend = "decord"
+
+    def __init__(self, path: PathLike, threads: int = 0) -> None:
+        self._threads = threads
+        self._vr = None
+        super().__init__(path)
+
+    def _open(self) -> None:
+        decord = _import_backend("decord")
+        try:
+            with _quiet_stderr():
+                self._vr = decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=self._threads)
+            self.num_frames = len(self._vr)
+            self.fps = float(self._vr.get_avg_fps() or 0.0)
+            if self.num_frames > 0:
+                # decord exposes the size only through a decoded frame's shape; read frame 0
+                # (this also proves the stream decodes at all).
+                first = self._vr[0].asnumpy()
+                self.height, self.width = int(first.shape[0]), int(first.shape[1])
+                self._vr.seek(0)
+        except VideoDecodeError:
+            raise
+        except Exception as e:  # decord raises DECORDError / RuntimeError with ffmpeg's text
+            raise VideoDecodeError(f"{self.path}: cannot open with decord: {_short(e)}") from e
+
+    def _read(self, indices: List[int]) -> List[np.ndarray]:
+        try:
+            batch = self._vr.get_batch(indices).asnumpy()
+        except Exception as e:
+            bad = self._first_bad(indices)
+            where = f"frame {bad}" if bad is not None else f"frames {_span(indices)}"
+            raise VideoDecodeError(f"{self.path}: decoding {where} failed (decord): {_short(e)}") from e
+        if batch.shape[0] != len(indices):
+            raise VideoDecodeError(
+                f"{self.path}: decord returned {batch.shape[0]} frames for {len(indices)} requested "
+                f"({_span(indices)}); the file is probably truncated"
+            )
+        return list(batch)
+
+    def _first_bad(self, indices: List[int]) -> Optional[int]:
+        """After a failed batch: the first index that does not decode, with a fresh reader
+        (decord's state after an error is undefined). Runs only on the failure path."""
+        decord = _import_backend("decord")
+        try:
+            with _quiet_stderr():
+                vr = decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=1)
+        except Exception:
+            return indices[0]
+        for i in indices:
+            try:
+                vr[i].asnumpy()
+            except Exception:
+                return i
+        return None
+
+    def _close(self) -> None:
+        self._vr = None  # decord has no close(); dropping the reader frees the demuxer
+
+
+class PyAVReader(VideoReader):
+    """PyAV, decoding forward from the current position; never seeks by timestamp.
+
+    The frame count is the number of video packets (a demux pass at open, no decoding: the
+    container's frame-count field is often missing or wrong). A requested frame that the decoder
+    does not produce raises VideoDecodeError with its index. Requests that go backwards restart
+    the decoder at the beginning of the file; increasing requests (clips in order) never do.
+    """
+
+    backend = "pyav"
+
+    def __init__(self, path: PathLike, threads: int = 0) -> None:
+        self._threads = threads
+        self._container = None
+        self._frames: Optional[Iterator] = None
+        self._next = 0  # index of the frame the decoder yields next
+        super().__init__(path)
+
+    def _open_container(self):
+        av = _import_backend("pyav")
+        try:
+            container = av.open(str(self.path), metadata_errors="ignore")
+        except Exception as e:
+            raise VideoDecodeError(f"{self.path}: cannot open with PyAV: {_short(e)}") from e
+        if not container.streams.video:
+            container.close()
+            raise VideoDecodeError(f"{self.path}: no video stream (audio-only or not a video file)")
+        stream = container.streams.video[0]
+        if self._threads != 1:
+            stream.thread_type = "AUTO"
+            if self._threads > 1:
+                stream.codec_context.thread_count = self._threads
+        return container, stream
+
+    def _open(self) -> None:
+        container, stream = self._open_container()
+        try:
+            ctx = stream.codec_context
+            self.width, self.height = int(ctx.width), int(ctx.height)
+            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+            self.fps = float(rate) if rate else 0.0
+            # True count = packets that carry data (no decoding, only demuxing).
+            n = 0
+            for packet in container.demux(stream):
+                if packet.size > 0:
+                    n += 1
+            # A container that declares more frames than it holds is truncated: keep the declared
+            # count so that the missing frames fail loudly (as decord's index does) instead of
+            # silently shortening the video.
+            self._declared = int(stream.frames or 0)
+            self.num_frames = max(n, self._declared)
+        except VideoDecodeError:
+            container.close()
+            raise
+        except Exception as e:
+            container.close()
+            raise VideoDecodeError(f"{self.path}: cannot read the video stream (PyAV): {_short(e)}") from e
+        container.close()
+        if self.width <= 0 or self.height <= 0:
+            raise VideoDecodeError(f"{self.path}: the video stream has no frame size (corrupt header)")
+
+    def _restart(self) -> None:
+        if self._container is not None:
+            self._container.close()
+        self._container, stream = self._open_container()
+        self._frames = iter(self._container.decode(stream))
+        self._next = 0
+
+    def _read(self, indices: List[int]) -> List[np.ndarray]:
+        if self._frames is None or indices[0] < self._next:
+            self._restart()
+        out: List[np.ndarray] = []
+        k = 0
+        try:
+            while k < len(indices):
+                try:
+                    frame = next(self._frames)
+                except StopIteration:
+                    raise VideoDecodeError(
+                        f"{self.path}: frame {indices[k]} cannot be decoded: the stream ends after "
+                        f"{self._next} frames although the file declares {self.num_frames} "
+                        "(truncated or corrupt file)"
+                    ) from None
+                i = self._next
+                self._next += 1
+                if i == indices[k]:
+                    out.append(frame.to_ndarray(format="rgb24"))
+                    k += 1
+        except VideoDecodeError:
+            self._frames = None
+            raise
+        except Exception as e:
+            self._frames = None
+            raise VideoDecodeError(f"{self.path}: decoding frame {self._next} failed (PyAV): {_short(e)}") from e
+        return out
+
+    def _close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+        self._frames = None
+
+
+def open_video(path: PathLike, backend: str = "decord", threads: int = 0) -> VideoReader:
+    """Open `path` with `backend` ("decord" or "pyav"); `threads` = decoder threads (0 = auto)."""
+    if backend == "decord":
+        return DecordReader(path, threads=threads)
+    if backend == "pyav":
+        return PyAVReader(path, threads=threads)
+    raise VideoDecodeError(f"unknown video backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+_LOG_PREFIX = re.compile(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ")
+
+
+def _short(e: BaseException, limit: int = 300) -> str:
+    """The useful line of an exception's text (decord adds log prefixes and a C++ stack trace)."""
+    text = [_LOG_PREFIX.sub("", line).strip() for line in str(e).strip().splitlines()]
+    text = [line for line in text if line and not line.startswith("Stack trace")]
+    msg = text[0] if text else type(e).__name__
+    for line in text:
+        if "Check failed" in line or "Error" in line or "ERROR" in line:
+            msg = line
+            break
+    return msg[:limit]
+
+
+def _span(indices: List[int]) -> str:
+    return f"{indices[0]}" if len(indices) == 1 else f"{indices[0]}..{indices[-1]}"
