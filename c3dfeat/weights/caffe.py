@@ -1,0 +1,248 @@
+"""Read the original Caffe files without Caffe: C3D-v1.0 and C3D-v1.1 `.caffemodel`, `.binaryproto`.
+
+Parsed with the protobuf runtime (the `caffe` extra) through descriptors built here in code for
+just the messages needed (models.md §7.2, §7.3; field numbers from facebookarchive/C3D
+`C3D-v1.0/src/caffe/proto/caffe.proto` and `C3D-v1.1/src/caffe/proto/caffe.proto`). Unknown fields
+(solver settings, layer parameters we do not need) are skipped by protobuf.
+
+One deliberate liberty: the packed `repeated float data` fields are declared here as
+`repeated bytes`. A packed field is one length-delimited record on the wire, exactly like a bytes
+field, so protobuf hands us the raw little-endian payload and `np.frombuffer` reads it in place —
+instead of materialising 80 million Python floats for C3D (seconds and gigabytes). Several packed
+records of one field are concatenated, as the protobuf spec requires. A writer that emitted the
+floats unpacked (wire type 5, allowed by the spec) would leave the bytes field short; such a blob is
+re-parsed with the plain `repeated float` declaration (slow, correct).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from c3dfeat.errors import ConversionError, WeightsError
+
+@dataclass
+class CaffeLayer:
+    """One layer of a Caffe net: its name, type (enum number for v1.0, string for v1.1) and blobs."""
+
+    name: str
+    type: object
+    blobs: List[np.ndarray]
+    bn_eps: Optional[float] = None  # v1.1 BatchNorm only
+
+
+def _protobuf():
+    try:
+        from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise WeightsError(
+            "reading Caffe files needs the protobuf package: pip install 'c3dfeat[caffe]'"
+        ) from None
+    return descriptor_pb2, descriptor_pool, message_factory
+
+
+def _field(msg, name: str, number: int, ftype: str, label: str = "optional", type_name: str = "", default=None):
+    d2, _, _ = _protobuf()
+    F = d2.FieldDescriptorProto
+    f = msg.field.add()
+    f.name = name
+    f.number = number
+    f.type = getattr(F, "TYPE_" + ftype.upper())
+    f.label = getattr(F, "LABEL_" + label.upper())
+    if type_name:
+        f.type_name = type_name
+    if default is not None:
+        f.default_value = default
+
+
+def _build(package: str, float_data: bool):
+    """Message classes for one schema. `float_data=False` declares packed floats as bytes (see above)."""
+    d2, descriptor_pool, message_factory = _protobuf()
+    fd = d2.FileDescriptorProto(name=f"c3dfeat_{package}.proto", package=f"c3dfeat.{package}", syntax="proto2")
+    data_type, data_label = ("float", "repeated") if float_data else ("bytes", "repeated")
+    p = f".c3dfeat.{package}."
+    if package == "caffe_v10":
+        blob = fd.message_type.add(name="BlobProto")
+        for i, n in enumerate(("num", "channels", "length", "height", "width"), start=1):
+            _field(blob, n, i, "int32", default="0")
+        _field(blob, "data", 6, data_type, data_label)
+        layer = fd.message_type.add(name="LayerParameter")
+        _field(layer, "bottom", 2, "string", "repeated")
+        _field(layer, "top", 3, "string", "repeated")
+        _field(layer, "name", 4, "string")
+        _field(layer, "type", 5, "int32")  # LayerType enum; int32 is the same varint on the wire
+        _field(layer, "blobs", 6, "message", "repeated", p + "BlobProto")
+        net = fd.message_type.add(name="NetParameter")
+        _field(net, "name", 1, "string")
+        _field(net, "layers", 2, "message", "repeated", p + "LayerParameter")
+    else:  # caffe_v11: BVLC layout + C3D extensions
+        shape = fd.message_type.add(name="BlobShape")
+        _field(shape, "dim", 1, "int64", "repeated")
+        shape.field[0].options.packed = True
+        blob = fd.message_type.add(name="BlobProto")
+        for i, n in enumerate(("num", "channels", "height", "width"), start=1):
+            _field(blob, n, i, "int32", default="0")
+        _field(blob, "data", 5, data_type, data_label)
+        _field(blob, "shape", 7, "message", type_name=p + "BlobShape")
+        _field(blob, "double_data", 8, "double" if float_data else "bytes", "repeated")
+        bn = fd.message_type.add(name="BatchNormParameter")
+        _field(bn, "use_global_stats", 1, "bool")
+        _field(bn, "moving_average_fraction", 2, "float", default="0.999")
+        _field(bn, "eps", 3, "float", default="1e-05")
+        layer = fd.message_type.add(name="LayerParameter")
+        _field(layer, "name", 1, "string")
+        _field(layer, "type", 2, "string")
+        _field(layer, "bottom", 3, "string", "repeated")
+        _field(layer, "top", 4, "string", "repeated")
+        _field(layer, "blobs", 7, "message", "repeated", p + "BlobProto")
+        _field(layer, "batch_norm_param", 139, "message", type_name=p + "BatchNormParameter")
+        net = fd.message_type.add(name="NetParameter")
+        _field(net, "name", 1, "string")
+        _field(net, "layer", 100, "message", "repeated", p + "LayerParameter")
+    if float_data:
+        for m in fd.message_type:
+            for f in m.field:
+                if f.name in ("data", "double_data"):
+                    f.options.packed = True
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fd)
+    return {m.name: message_factory.GetMessageClass(pool.FindMessageTypeByName(p[1:] + m.name)) for m in fd.message_type}
+
+
+_CLASSES: Dict[Tuple[str, bool], dict] = {}
+
+
+def _classes(package: str, float_data: bool = False) -> dict:
+    key = (package, float_data)
+    if key not in _CLASSES:
+        _CLASSES[key] = _build(package, float_data)
+    return _CLASSES[key]
+
+
+# ----------------------------------------------------------------------------- blobs
+def _blob_array(blob, package: str, where: str) -> np.ndarray:
+    if package == "caffe_v10":
+        shape: Tuple[int, ...] = (blob.num, blob.channels, blob.length, blob.height, blob.width)
+    elif blob.HasField("shape"):
+        shape = tuple(int(d) for d in blob.shape.dim)
+    else:  # legacy 4-D fields
+        shape = (blob.num, blob.channels, blob.height, blob.width)
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 0
+    raw = b"".join(blob.data)
+    dtype = "<f4"
+    if not raw and package == "caffe_v11" and len(blob.double_data):
+        raw, dtype = b"".join(blob.double_data), "<f8"
+    itemsize = np.dtype(dtype).itemsize
+    if len(raw) != count * itemsize:
+        # Unpacked floats (or a truncated record): parse this blob again with the plain schema.
+        full = _classes(package, float_data=True)["BlobProto"]()
+        full.ParseFromString(blob.SerializeToString())
+        values = np.asarray(full.data, dtype=np.float32)
+        if values.size == 0 and package == "caffe_v11":
+            values = np.asarray(full.double_data, dtype=np.float64)
+        if values.size != count:
+            raise ConversionError(f"{where}: blob of shape {shape} holds {values.size} values, expected {count}")
+        return values.reshape(shape).astype(np.float32)
+    arr = np.frombuffer(raw, dtype=dtype).reshape(shape)
+    return arr.astype(np.float32) if dtype != "<f4" else arr.astype(np.float32, copy=True)
+
+
+def _parse(package: str, message: str, data: bytes, path: str):
+    msg = _classes(package)[message]()
+    try:
+        msg.ParseFromString(data)
+    except Exception as e:  # google.protobuf.message.DecodeError
+        raise ConversionError(f"{path}: not a valid {package} {message}: {e}") from e
+    return msg
+
+
+def read_caffe_v1(path: os.PathLike) -> List[CaffeLayer]:
+    """The layers (with their blobs) of a C3D-v1.0 `.caffemodel` (V1 `layers`, C3D BlobProto)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    net = _parse("caffe_v10", "NetParameter", data, str(path))
+    del data
+    layers = []
+    for lp in net.layers:
+        blobs = [_blob_array(b, "caffe_v10", f"{path}: layer {lp.name!r} blob {i}") for i, b in enumerate(lp.blobs)]
+        layers.append(CaffeLayer(lp.name, int(lp.type), blobs))
+    if not layers:
+        raise ConversionError(f"{path}: no V1 `layers` found; is this a C3D-v1.0 .caffemodel?")
+    return layers
+
+
+def read_caffe_v11(path: os.PathLike) -> List[CaffeLayer]:
+    """The layers of a C3D-v1.1 `.caffemodel` (`layer` = 100, BlobShape)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    net = _parse("caffe_v11", "NetParameter", data, str(path))
+    del data
+    layers = []
+    for lp in net.layer:
+        blobs = [_blob_array(b, "caffe_v11", f"{path}: layer {lp.name!r} blob {i}") for i, b in enumerate(lp.blobs)]
+        eps = float(lp.batch_norm_param.eps) if lp.type == "BatchNorm" else None
+        layers.append(CaffeLayer(lp.name, lp.type, blobs, eps))
+    if not layers:
+        raise ConversionError(f"{path}: no `layer` entries found; is this a C3D-v1.1 .caffemodel?")
+    return layers
+
+
+def read_mean_cube(path: os.PathLike) -> np.ndarray:
+    """The (C, L, H, W) float32 volume of a C3D-v1.0 `.binaryproto` mean file (num must be 1)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    blob = _parse("caffe_v10", "BlobProto", data, str(path))
+    arr = _blob_array(blob, "caffe_v10", str(path))
+    if arr.ndim != 5 or arr.shape[0] != 1 or arr.size == 0:
+        raise ConversionError(f"{path}: mean blob has shape {arr.shape}; expected (1, C, L, H, W)")
+    return arr[0]
+
+
+# ----------------------------------------------------------------------------- sniffing
+def top_level_fields(path: os.PathLike, limit: int = 64) -> Optional[Sequence[Tuple[int, int]]]:
+    """(field number, wire type) of the first top-level protobuf records, or None if not protobuf.
+
+    Only walks tags and skips values (seeking), so it is cheap on a 300 MB file; used to tell a
+    v1.0 net (field 2), a v1.1 net (field 100) and a mean BlobProto apart.
+    """
+    size = os.path.getsize(path)
+    out = []
+    with open(path, "rb") as f:
+
+        def varint() -> Optional[int]:
+            shift = result = 0
+            for _ in range(10):
+                b = f.read(1)
+                if not b:
+                    return None
+                result |= (b[0] & 0x7F) << shift
+                if not b[0] & 0x80:
+                    return result
+                shift += 7
+            return None
+
+        while f.tell() < size and len(out) < limit:
+            tag = varint()
+            if tag is None or tag >> 3 == 0:
+                return None
+            number, wire = tag >> 3, tag & 7
+            if wire == 0:
+                if varint() is None:
+                    return None
+            elif wire == 1:
+                f.seek(8, 1)
+            elif wire == 2:
+                n = varint()
+                if n is None or f.tell() + n > size:
+                    return None
+                f.seek(n, 1)
+            elif wire == 5:
+                f.seek(4, 1)
+            else:
+                return None
+            if f.tell() > size:
+                return None
+            out.append((number, wire))
+    return out
