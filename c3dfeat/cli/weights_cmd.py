@@ -1,0 +1,161 @@
+"""`c3dfeat weights ...`: list, download, import, verify and convert checkpoint files."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional, Tuple
+
+import click
+
+from c3dfeat.cli import cli
+
+_weights_dir = click.option(
+    "--weights-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Weights directory searched first (and written to); default: $C3DFEAT_WEIGHTS, then the cache.",
+)
+_allow_unverified = click.option(
+    "--allow-unverified",
+    is_flag=True,
+    help="Accept a file with no published hash; its SHA-256 is printed and recorded beside it.",
+)
+
+
+@cli.group("weights")
+def weights_group() -> None:
+    """Find, download, import, verify and convert pretrained weights.
+
+    \b
+    Search order: --weights-dir, $C3DFEAT_WEIGHTS, <checkout>/weights, ~/.cache/c3dfeat/weights.
+    """
+
+
+@weights_group.command("list")
+@_weights_dir
+@click.option("--no-hash", is_flag=True, help="Do not hash present files (faster; no verified column).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.argument("pattern", default="*")
+def list_command(weights_dir: Optional[Path], no_hash: bool, as_json: bool, pattern: str) -> None:
+    """List every known checkpoint: file, format, published hash, present?, verified?
+
+    \b
+    Examples:
+      c3dfeat weights list
+      c3dfeat weights list 'r2plus1d_34*' --json
+    """
+    from c3dfeat.weights import all_checkpoints, checkpoint_status
+    from c3dfeat.weights.hashing import hash_knowledge
+
+    rows = []
+    for name, ckpt in all_checkpoints(pattern):
+        st = checkpoint_status(name, ckpt, weights_dir, hash_files=not no_hash)
+        rows.append(
+            {
+                "name": name,
+                "file": ckpt.file_name,
+                "format": ckpt.format,
+                "classes": ckpt.num_classes,
+                "published_hash": hash_knowledge(ckpt),
+                "path": str(st.path) if st.path else None,
+                "status": st.status,
+                "sha256": st.digest,
+                "urls": list(ckpt.urls),
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    header = ("checkpoint", "file", "format", "published hash", "present", "verified")
+    lines = [header]
+    for r in rows:
+        status = r["status"]
+        verified = "" if status in ("absent", "present") else status.split(":")[0]
+        lines.append((r["name"], r["file"], r["format"], r["published_hash"], "yes" if r["path"] else "no", verified))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for line in lines:  # plain aligned text: no truncation, pasteable into weights/README.md
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
+
+
+@weights_group.command("download")
+@click.argument("names", nargs=-1, required=True)
+@_weights_dir
+@_allow_unverified
+def download_command(names: Tuple[str, ...], weights_dir: Optional[Path], allow_unverified: bool) -> None:
+    """Download checkpoints (NAME = model.tag, or model for its default) and verify them.
+
+    \b
+    Examples:
+      c3dfeat weights download r2plus1d_18.kinetics400
+      c3dfeat weights download c3d.sports1m c3d.sports1m_mean --allow-unverified
+    """
+    from c3dfeat.weights import download
+
+    for name in names:
+        v = download(name, weights_dir, allow_unverified=allow_unverified)
+        click.echo(f"{name}: {v.path} ({v.status}, sha256 {v.digest})")
+
+
+@weights_group.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--model", "name", required=True, help="The checkpoint this file is, as model.tag.")
+@_weights_dir
+@_allow_unverified
+def import_command(file: Path, name: str, weights_dir: Optional[Path], allow_unverified: bool) -> None:
+    """Copy a checkpoint fetched by other means into the weights directory, verified.
+
+    \b
+    Examples:
+      c3dfeat weights import ~/Downloads/r2plus1d_18-91a641e6.pth --model r2plus1d_18.kinetics400
+      c3dfeat weights import conv3d_deepnetA_sport1m_iter_1900000 --model c3d.sports1m --allow-unverified
+    """
+    from c3dfeat.weights import import_file
+
+    v = import_file(file, name, weights_dir, allow_unverified=allow_unverified)
+    click.echo(f"{name}: {v.path} ({v.status}, sha256 {v.digest})")
+
+
+@weights_group.command("verify")
+@click.argument("pattern", default="*")
+@_weights_dir
+def verify_command(pattern: str, weights_dir: Optional[Path]) -> None:
+    """Hash every present checkpoint and check it; exit code 1 if any does not match.
+
+    \b
+    Examples:
+      c3dfeat weights verify
+      c3dfeat weights verify 'c3d.*' --weights-dir /data/weights
+    """
+    from c3dfeat.weights import all_checkpoints, checkpoint_status
+
+    bad = checked = 0
+    for name, ckpt in all_checkpoints(pattern):
+        st = checkpoint_status(name, ckpt, weights_dir)
+        if st.path is None:
+            continue
+        checked += 1
+        click.echo(f"{name}: {st.status} {st.path}")
+        bad += st.status.startswith("MISMATCH")
+    click.echo(f"{checked} present, {bad} mismatched", err=True)
+    if bad:
+        raise click.exceptions.Exit(1)
+
+
+@weights_group.command("convert")
+@click.argument("src", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--model", "name", required=True, help="Target model (model or model.tag; the tag fixes the classes).")
+@click.option("-o", "--output", "dst", required=True, type=click.Path(dir_okay=False, path_type=Path))
+def convert_command(src: Path, name: str, dst: Path) -> None:
+    """Convert a Caffe / Caffe2 / PyTorch checkpoint to a state_dict .pth (a mean file to .npy).
+
+    The format is detected from the file contents.
+
+    \b
+    Examples:
+      c3dfeat weights convert irCSN_152_ig65m_from_scratch_f125286141.pkl --model ir_csn_152 -o ircsn.pth
+      c3dfeat weights convert sport1m_train16_128_mean.binaryproto --model c3d -o c3d_mean.npy
+    """
+    from c3dfeat.weights import convert_file
+
+    fmt, digest = convert_file(src, name, dst)
+    click.echo(f"{src} ({fmt}) -> {dst} (sha256 {digest})")
