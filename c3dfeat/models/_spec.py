@@ -150,7 +150,17 @@ class ModelSpec:
         else:
             ckpt = self.get_checkpoint(tag)
         pre = dataclasses.replace(self.preprocessing, **dict(ckpt.preprocessing))
-        return dataclasses.replace(self, checkpoint=ckpt, preprocessing=pre)
+        spec = dataclasses.replace(self, checkpoint=ckpt, preprocessing=pre)
+        size = (pre.clip_len, pre.crop, pre.crop)
+        if size != self.input_size:
+            # The checkpoint's own clip (e.g. R(2+1)D-34 8 vs 32 frames) is its canonical input:
+            # re-derive the layer shapes from the architecture (meta device, no compute).
+            from c3dfeat.models._info import layer_shapes
+
+            shapes = layer_shapes(dataclasses.replace(spec, input_size=size))
+            layers = tuple(dataclasses.replace(layer, shape=shapes[layer.name]) for layer in self.layers)
+            spec = dataclasses.replace(spec, input_size=size, layers=layers)
+        return spec
 
     def layer(self, name: str) -> LayerSpec:
         """The layer called `name` (canonical or alias, case-insensitive)."""

@@ -1,0 +1,145 @@
+"""Model facts computed from the architecture itself, without weights or real compute.
+
+Everything here builds the model on PyTorch's meta device (shapes only, no memory, no arithmetic),
+so it is instant even for the 152-layer networks: per-layer shapes for any input, parameter
+counts, and FLOPs per clip (torch.utils.flop_counter, which counts one multiply-add as 2 FLOPs).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Dict, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from c3dfeat.models._spec import ModelSpec
+
+__all__ = ["layer_shapes", "num_params", "gflops_per_clip", "model_info"]
+
+Size = Tuple[int, int, int]
+
+
+def _spec(spec: Union[str, ModelSpec]) -> ModelSpec:
+    if isinstance(spec, str):
+        from c3dfeat.models._registry import get_spec
+
+        return get_spec(spec)
+    return spec
+
+
+def _meta_model(builder: Callable[..., nn.Module], num_classes: int) -> nn.Module:
+    with torch.device("meta"):
+        return builder(num_classes=num_classes).eval()
+
+
+# Caches are keyed on (builder, classes, ...), not on the spec: ModelSpec equality ignores the
+# resolved checkpoint, so two checkpoints with different class counts would share an entry.
+@functools.lru_cache(maxsize=256)
+def _shapes(builder, num_classes: int, names: Tuple[str, ...], size: Size) -> Tuple[Tuple[str, Tuple[int, ...]], ...]:
+    model = _meta_model(builder, num_classes)
+    x = torch.empty((1, 3) + tuple(size), device="meta")
+    with torch.no_grad():
+        out = model.forward_layers(x, names)
+    return tuple((name, tuple(v.shape[1:])) for name, v in out.items())
+
+
+def layer_shapes(spec: Union[str, ModelSpec], input_size: Optional[Size] = None) -> Dict[str, Tuple[int, ...]]:
+    """Per-clip shape of every declared layer for clips of `input_size` (T, H, W)
+    (default: the spec's canonical input)."""
+    spec = _spec(spec)
+    names = tuple(layer.name for layer in spec.layers)
+    return dict(_shapes(spec.builder, spec.num_classes, names, tuple(input_size or spec.input_size)))
+
+
+@functools.lru_cache(maxsize=64)
+def _num_params(builder, num_classes: int) -> int:
+    return sum(p.numel() for p in _meta_model(builder, num_classes).parameters())
+
+
+def num_params(spec: Union[str, ModelSpec]) -> int:
+    """Learned parameters (BatchNorm running statistics excluded), for the spec's classes."""
+    spec = _spec(spec)
+    return _num_params(spec.builder, spec.num_classes)
+
+
+@functools.lru_cache(maxsize=64)
+def _flops(builder, num_classes: int, size: Size) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = _meta_model(builder, num_classes)
+    x = torch.empty((1, 3) + tuple(size), device="meta")
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x)
+    return int(counter.get_total_flops())
+
+
+def gflops_per_clip(spec: Union[str, ModelSpec], input_size: Optional[Size] = None) -> float:
+    """GFLOPs (2 per multiply-add, convolutions and matmuls) of one forward pass on one clip."""
+    spec = _spec(spec)
+    return _flops(spec.builder, spec.num_classes, tuple(input_size or spec.input_size)) / 1e9
+
+
+def _weights_present(ckpt: Any, weights_dir: Any) -> Optional[bool]:
+    """True/False when the weights package can tell; None while it cannot (not importable)."""
+    try:
+        from c3dfeat.weights import find_local_file
+    except ImportError:
+        return None
+    try:
+        return find_local_file(ckpt, weights_dir=weights_dir) is not None
+    except Exception:  # noqa: BLE001 - a broken weights dir must not break `c3dfeat models`
+        return None
+
+
+def model_info(spec: Union[str, ModelSpec], weights_dir: Any = None) -> Dict[str, Any]:
+    """Everything `c3dfeat models` shows about one architecture, JSON-serialisable."""
+    spec = _spec(spec)
+    pre = spec.preprocessing
+    return {
+        "name": spec.name,
+        "description": spec.description,
+        "paper": spec.paper,
+        "input_size": list(spec.input_size),
+        "clip": {
+            "clip_len": pre.clip_len,
+            "frame_step": pre.frame_step,
+            "clip_stride": pre.clip_stride,
+            "fps": pre.fps,
+            "resize": list(pre.resize) if isinstance(pre.resize, tuple) else pre.resize,
+            "crop": pre.crop,
+            "channel_order": pre.channel_order,
+        },
+        "layers": [
+            {
+                "name": layer.name,
+                "aliases": list(layer.aliases),
+                "shape": list(spec.layer_shape(layer.name)),
+                "dim": _prod(spec.layer_shape(layer.name)),
+                "default": layer.name == spec.default_layer,
+            }
+            for layer in spec.layers
+        ],
+        "params": num_params(spec),
+        "gflops": round(gflops_per_clip(spec), 2),
+        "checkpoints": [
+            {
+                "tag": c.tag,
+                "default": spec.checkpoint is not None and c.tag == spec.checkpoint.tag,
+                "format": c.format,
+                "classes": c.num_classes,
+                "dataset": c.dataset,
+                "file_name": c.file_name,
+                "clip_len": dict(c.preprocessing).get("clip_len", pre.clip_len) if c.is_weights else None,
+                "present": _weights_present(c, weights_dir),
+            }
+            for c in spec.checkpoints
+        ],
+    }
+
+
+def _prod(shape: Tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
