@@ -1,0 +1,248 @@
+"""Frames → network input, exactly as each checkpoint's own pipeline did it (issue 2, item 4).
+
+`ClipTransform(spec.preprocessing, mean_cube=None, crops="center")` runs, per frame:
+
+1. **resize** — `(H, W)`: exactly that size; `int s`: short side to s, long side
+   ``int(s * long / short)`` (torchvision ``Resize`` rule). Bilinear, ``align_corners=False``,
+   antialias per spec (torchvision's video preset hard-codes ``antialias=False``). The result is
+   rounded to whole uint8 levels, because both reference pipelines resize uint8 images
+   (Caffe/VMZ: OpenCV ``cv::resize`` on uint8; torchvision: ``F.resize`` on the uint8 video) —
+   unless the preprocessing says ``quantize_resize=False`` (pytorchvideo and ig65m resize float
+   tensors).
+2. **crop** — ``crop_rounding="floor"``: offsets ``(H-c)//2, (W-c)//2`` (Caffe: 8, 29 for
+   128×171 → 112); ``"round"``: torchvision ``center_crop``, ``int(round((H-c)/2))`` (8, 30).
+   ``crops=3``: three crops along the long side — start, centre, end — as SlowFast's
+   ``uniform_crop`` (slowfast/datasets/transform.py; centre per ``crop_rounding``).
+   ``crops=10``: Caffe's ``oversample`` (caffe/python/caffe/io.py): the four corners
+   (top-left, top-right, bottom-left, bottom-right), the centre, then the horizontal mirror of
+   each of those five crops, in that order.
+3. **channel order** (BGR for the Caffe models), **scale**, **mean**, **std**:
+   ``(x * scale - mean) / std``.
+4. **mean cube** (C3D): the (3, T, H, W) cube at the resized size, in the model's channel order
+   and scaled units, replaces ``mean``; clip position t subtracts ``cube[:, t]`` cropped at the
+   same offsets (and mirrored for mirrored crops). Without the cube, the per-channel
+   ``mean`` of the spec is used; ``uses_mean_approximation`` says so.
+
+``frames()`` does steps 1–3 for any number of frames at once (overlapping clips share the
+work); ``clip()`` gathers a clip's frames and applies step 4; ``__call__`` does both for one clip.
+"""
+from __future__ import annotations
+
+from typing import List, Literal, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from c3dfeat.errors import ConfigError
+
+__all__ = ["ClipTransform", "resized_size", "crop_offsets"]
+
+Crops = Union[Literal["center"], int]
+
+
+def resized_size(height: int, width: int, resize: Union[int, Sequence[int]]) -> Tuple[int, int]:
+    """Output (H, W) of the resize rule for an input of (height, width)."""
+    if isinstance(resize, int):
+        # torchvision `_compute_resized_output_size`: the long side is truncated, not rounded.
+        short, long = (height, width) if height <= width else (width, height)
+        new_short, new_long = resize, int(resize * long / short)
+        return (new_short, new_long) if height <= width else (new_long, new_short)
+    h, w = resize
+    return int(h), int(w)
+
+
+def _center(extent: int, crop: int, rounding: str) -> int:
+    if rounding == "floor":
+        return (extent - crop) // 2  # Caffe: integer division
+    return int(round((extent - crop) / 2.0))  # torchvision center_crop (Python round: half to even)
+
+
+def crop_offsets(
+    height: int, width: int, crop: int, crops: Crops = "center", rounding: str = "floor"
+) -> List[Tuple[int, int, bool]]:
+    """(top, left, mirrored) of each crop of a (height, width) image, in output order."""
+    if crop > height or crop > width:
+        raise ConfigError(f"crop {crop} is larger than the resized frame {height}x{width}; use a smaller --crop")
+    cy, cx = _center(height, crop, rounding), _center(width, crop, rounding)
+    if crops == "center" or crops == 1:
+        return [(cy, cx, False)]
+    if crops == 3:
+        # SlowFast uniform_crop: along the long side (width when the frame is landscape or square).
+        if height > width:
+            return [(0, cx, False), (cy, cx, False), (height - crop, cx, False)]
+        return [(cy, 0, False), (cy, cx, False), (cy, width - crop, False)]
+    if crops == 10:
+        five = [(0, 0), (0, width - crop), (height - crop, 0), (height - crop, width - crop), (cy, cx)]
+        return [(y, x, False) for y, x in five] + [(y, x, True) for y, x in five]
+    raise ConfigError(f"crops must be 'center', 3 or 10, got {crops!r}")
+
+
+class ClipTransform:
+    """Per-model preprocessing (see the module docstring); inputs are uint8 RGB frames."""
+
+    def __init__(self, preprocessing, mean_cube: Optional[np.ndarray] = None, crops: Crops = "center") -> None:
+        self.pre = preprocessing
+        if crops in ("1", 1):
+            crops = "center"
+        if isinstance(crops, str) and crops.isdigit():
+            crops = int(crops)
+        if crops not in ("center", 3, 10):
+            raise ConfigError(f"crops must be 'center', 3 or 10, got {crops!r}")
+        self.crops: Crops = crops
+        self.crop = int(preprocessing.crop)
+        self.quantize_resize = bool(getattr(preprocessing, "quantize_resize", True))
+        if preprocessing.channel_order not in ("RGB", "BGR"):
+            raise ConfigError(f"channel_order must be RGB or BGR, got {preprocessing.channel_order!r}")
+        self._bgr = preprocessing.channel_order == "BGR"
+        self._scale = float(preprocessing.scale)
+        self._std = torch.tensor(preprocessing.std, dtype=torch.float32).view(3, 1, 1, 1)
+        self._cube: Optional[torch.Tensor] = None
+        if mean_cube is not None:
+            cube = torch.as_tensor(np.asarray(mean_cube), dtype=torch.float32)
+            if cube.ndim == 5 and cube.shape[0] == 1:
+                cube = cube[0]
+            if cube.ndim != 4 or cube.shape[0] != 3:
+                raise ConfigError(f"mean cube must have shape (3, T, H, W), got {tuple(cube.shape)}")
+            if cube.shape[1] != preprocessing.clip_len:
+                raise ConfigError(
+                    f"mean cube has {cube.shape[1]} frames but clips have {preprocessing.clip_len}; "
+                    "the cube only fits the model's own clip length"
+                )
+            if isinstance(preprocessing.resize, int):
+                raise ConfigError("a mean cube needs a fixed (H, W) resize, not a short-side resize")
+            if tuple(cube.shape[2:]) != resized_size(1, 1, preprocessing.resize):
+                raise ConfigError(
+                    f"mean cube is {tuple(cube.shape[2:])} but frames are resized to {tuple(preprocessing.resize)}"
+                )
+            self._cube = cube
+            self._mean = torch.zeros(3, 1, 1, 1)  # the cube replaces the per-channel mean
+        else:
+            self._mean = torch.tensor(preprocessing.mean, dtype=torch.float32).view(3, 1, 1, 1)
+        self._cube_crops: dict = {}  # (H, W) of the resized frame -> (n_crops, 3, T, c, c)
+
+    # ------------------------------------------------------------------ info
+    @property
+    def uses_mean_approximation(self) -> bool:
+        """True when the spec names a mean cube but none was given: `mean` stands in for it."""
+        return self.pre.mean_cube is not None and self._cube is None
+
+    @property
+    def num_crops(self) -> int:
+        return 1 if self.crops == "center" else int(self.crops)
+
+    def describe(self) -> dict:
+        """Parameters for provenance records."""
+        d = self.pre.to_dict()
+        d.update(
+            crops=self.crops,
+            quantize_resize=self.quantize_resize,
+            mean_cube_used=self._cube is not None,
+            uses_mean_approximation=self.uses_mean_approximation,
+        )
+        return d
+
+    # ------------------------------------------------------------------ steps
+    def frames(self, frames: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
+        """uint8 (n, H, W, 3) RGB → float32 (n_crops, 3, n, crop, crop): resize, crop, channel
+        order, scale, mean/std, mirror (all per frame)."""
+        x = torch.as_tensor(frames)
+        if x.ndim != 4 or x.shape[-1] != 3:
+            raise ConfigError(f"frames must be (n, H, W, 3) RGB, got shape {tuple(x.shape)}")
+        n, h, w, _ = x.shape
+        rh, rw = resized_size(h, w, self.pre.resize)
+        offsets = crop_offsets(rh, rw, self.crop, self.crops, self.pre.crop_rounding)
+        c = self.crop
+        # Only the rows/columns some crop uses are computed (bilinear output pixels are independent).
+        y0, y1 = min(o[0] for o in offsets), max(o[0] for o in offsets) + c
+        x0, x1 = min(o[1] for o in offsets), max(o[1] for o in offsets) + c
+        if (rh, rw) == (h, w):
+            img = x[:, y0:y1, x0:x1].to(torch.float32)
+        elif self.pre.antialias:
+            img = F.interpolate(
+                x.permute(0, 3, 1, 2).to(torch.float32).contiguous(),
+                size=(rh, rw), mode="bilinear", align_corners=False, antialias=True,
+            )[:, :, y0:y1, x0:x1].permute(0, 2, 3, 1)
+        else:
+            img = _bilinear_nhwc(x, (rh, rw), (y0, y1), (x0, x1))
+        if self.quantize_resize and (rh, rw) != (h, w):
+            # what uint8 output does in cv::resize / torchvision F.resize: round to whole levels
+            img = img.round_().clamp_(0, 255)
+        # img: (n, y1-y0, x1-x0, 3) float, RGB, 0-255
+        if self._bgr:
+            img = img.flip(-1)
+        img = img.permute(3, 0, 1, 2)  # (3, n, rows, cols)
+        crops = []
+        for top, left, mirrored in offsets:
+            part = img[:, :, top - y0 : top - y0 + c, left - x0 : left - x0 + c]
+            crops.append(part.flip(-1) if mirrored else part)
+        out = torch.stack(crops)  # (n_crops, 3, n, c, c), a new contiguous tensor
+        if self._scale != 1.0:
+            out.mul_(self._scale)
+        out.sub_(self._mean).div_(self._std)
+        return out
+
+    def clip(self, frames: torch.Tensor, positions: Sequence[int]) -> torch.Tensor:
+        """Gather `positions` (indices into dim 2 of a `frames()` output, in clip order) →
+        (n_crops, 3, T, crop, crop), minus the mean cube at each clip position."""
+        idx = torch.as_tensor(list(positions), dtype=torch.long)
+        out = frames.index_select(2, idx)
+        if self._cube is not None:
+            if len(idx) != self._cube.shape[1]:
+                raise ConfigError(f"clip has {len(idx)} frames but the mean cube {self._cube.shape[1]}")
+            out = out - self._cube_crop()
+        return out
+
+    def __call__(self, frames: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
+        """uint8 (T, H, W, 3) RGB → (n_crops, 3, T, crop, crop): the direct path for one clip."""
+        x = self.frames(frames)
+        return self.clip(x, range(x.shape[2]))
+
+    # ------------------------------------------------------------------ helpers
+    def _cube_crop(self) -> torch.Tensor:
+        """The cube cropped (and mirrored) like the frames, divided by std: (n_crops, 3, T, c, c)."""
+        key = tuple(self._cube.shape[2:])
+        if key not in self._cube_crops:
+            c = self.crop
+            crops = []
+            for top, left, mirrored in crop_offsets(key[0], key[1], c, self.crops, self.pre.crop_rounding):
+                part = self._cube[:, :, top : top + c, left : left + c]
+                crops.append(part.flip(-1) if mirrored else part)
+            self._cube_crops[key] = torch.stack(crops) / self._std
+        return self._cube_crops[key]
+
+
+def _linear_weights(out_size: int, in_size: int, start: int, stop: int):
+    """Source indices and weights of output positions start..stop-1, as PyTorch's bilinear
+    kernel with align_corners=False computes them (UpSample.h `area_pixel_compute_source_index`,
+    `guard_index_and_lambda`), in float32."""
+    scale = torch.tensor(in_size, dtype=torch.float32) / out_size
+    d = torch.arange(start, stop, dtype=torch.float32)
+    real = (scale * (d + 0.5) - 0.5).clamp_(min=0)
+    i0 = real.floor().to(torch.long).clamp_(max=in_size - 1)
+    l1 = (real - i0.to(torch.float32)).clamp_(0, 1)
+    l0 = 1 - l1
+    i1 = i0 + (i0 < in_size - 1).to(torch.long)
+    return i0, i1, l0, l1
+
+
+def _bilinear_nhwc(x: torch.Tensor, size: Tuple[int, int], rows: Tuple[int, int], cols: Tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize (align_corners=False, no antialias) of uint8 NHWC frames to `size`,
+    computing only output rows rows[0]..rows[1]-1 and columns cols[0]..cols[1]-1.
+
+    Same arithmetic as F.interpolate (blend along x, then along y) up to float rounding, but it
+    gathers the needed uint8 pixels first instead of converting whole frames to float: several
+    times faster for the usual downscale (e.g. 320x240 -> 171x128).
+    """
+    n, h, w, _ = x.shape
+    yi0, yi1, ly0, ly1 = _linear_weights(size[0], h, *rows)
+    xi0, xi1, lx0, lx1 = _linear_weights(size[1], w, *cols)
+    lx0, lx1 = lx0.view(1, 1, -1, 1), lx1.view(1, 1, -1, 1)
+    ly0, ly1 = ly0.view(1, -1, 1, 1), ly1.view(1, -1, 1, 1)
+
+    def hblend(r: torch.Tensor) -> torch.Tensor:
+        return lx0 * r.index_select(2, xi0).to(torch.float32) + lx1 * r.index_select(2, xi1).to(torch.float32)
+
+    top = hblend(x.index_select(1, yi0))
+    bottom = hblend(x.index_select(1, yi1))
+    return top.mul_(ly0).add_(bottom.mul_(ly1))
