@@ -2,7 +2,8 @@
 
 The files are Python-2 pickles of `{"blobs": {name: ndarray}}`, read with `encoding="latin1"`
 (Python-2 `str` holds the raw array bytes). Unpickling runs whatever callables the stream names,
-so only the globals numpy needs to rebuild an ndarray, its dtype and numpy scalars are admitted;
+so only the globals numpy needs to rebuild an ndarray, its dtype and numpy scalars are admitted
+(plus a latin-1-only stand-in for `_codecs.encode`, which Python 3 uses for bytes at protocol 2);
 containers, strings and numbers need no global at all. Anything else — `os.system`, `eval`,
 `builtins.getattr`, `copyreg._reconstructor` — is refused with UnsafePickleError before it is
 looked up, so it never runs.
@@ -32,6 +33,17 @@ for _mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
 for _mod in ("numpy", "numpy.core.multiarray", "numpy._core.multiarray"):
     _ALLOWED[(_mod, "ndarray")] = np.ndarray
     _ALLOWED[(_mod, "dtype")] = np.dtype
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """Stand-in for `_codecs.encode`: Python 3 writes `bytes` at protocol 2 as
+    `_codecs.encode(str, "latin1")` (e.g. an ndarray's raw data). Only that codec is admitted."""
+    if not isinstance(text, str) or encoding.lower().replace("-", "").replace("_", "") not in ("latin1", "iso88591"):
+        raise UnsafePickleError(f"refusing _codecs.encode with codec {encoding!r} (only latin-1 holds array bytes)")
+    return text.encode("latin1")
+
+
+_ALLOWED[("_codecs", "encode")] = _latin1_encode
 
 
 class RestrictedUnpickler(pickle.Unpickler):

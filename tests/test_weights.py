@@ -1,0 +1,438 @@
+"""Weights: search order, hash-verified downloads from a local HTTP server, safe loading, CLI.
+
+The server on 127.0.0.1 serves checkpoints the tests generate in the real formats (torch.save zip
+and legacy files, pytorchvideo dicts). Digests in the tests are computed from the bytes the test
+itself wrote, never taken from the code under test.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import threading
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+from click.testing import CliRunner
+
+from c3dfeat.cli import cli
+from c3dfeat.errors import ChecksumError, UnsafePickleError, WeightsError, WeightsNotFoundError
+from c3dfeat.models import _registry, create_model, get_spec
+from c3dfeat.models._spec import Checkpoint, LayerSpec, ModelSpec, Preprocessing
+from c3dfeat.weights import fetch as download_mod
+from c3dfeat.weights import find_local_file, load_pretrained, paths, search_dirs
+from c3dfeat.weights.safe_pickle import safe_loads
+
+_REAL_CHECKOUT_DIR = paths.checkout_dir  # before the autouse fixture replaces it
+
+
+# ----------------------------------------------------------------------------- a tiny registered model
+class Tiny(nn.Module):
+    def __init__(self, num_classes: int = 5) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(3, 4, 3, bias=False)
+        self.bn = nn.BatchNorm3d(4)
+        self.fc = nn.Linear(4, num_classes)
+
+
+def _tiny_bytes(seed: int, legacy: bool = False, wrap: bool = False) -> tuple:
+    torch.manual_seed(seed)
+    sd = Tiny().state_dict()
+    for v in sd.values():
+        if v.is_floating_point():
+            v.copy_(torch.randn_like(v))
+    buf = io.BytesIO()
+    obj = {"model_state": sd, "epoch": 7, "cfg": "x"} if wrap else sd
+    torch.save(obj, buf, _use_new_zipfile_serialization=not legacy)
+    return buf.getvalue(), sd
+
+
+def _sha(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+def _register(monkeypatch, *checkpoints: Checkpoint) -> ModelSpec:
+    spec = ModelSpec(
+        name="wtest_tiny",
+        builder=Tiny,
+        checkpoints=checkpoints,
+        preprocessing=Preprocessing(clip_len=4),
+        layers=(LayerSpec("logits", (5,)),),
+        default_layer="logits",
+        input_size=(4, 112, 112),  # = (clip_len, crop, crop): no shape inference on resolve
+    )
+    monkeypatch.setitem(_registry._REGISTRY, "wtest_tiny", spec)
+    return spec
+
+
+def _ckpt(tag: str, file_name: str, urls, **kw) -> Checkpoint:
+    return Checkpoint(tag=tag, file_name=file_name, urls=tuple(urls), format=kw.pop("format", "state_dict"),
+                      num_classes=5, dataset="test", **kw)
+
+
+def _equal(model: nn.Module, sd: dict) -> bool:
+    own = model.state_dict()
+    return own.keys() == sd.keys() and all(torch.equal(own[k], sd[k]) for k in sd)
+
+
+def _all_files(d: Path) -> list:
+    return sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file()) if d.exists() else []
+
+
+# ----------------------------------------------------------------------------- environment + server
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """No real weights directories, no proxies, no retry sleeps."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("C3DFEAT_WEIGHTS", raising=False)
+    monkeypatch.setattr(paths, "checkout_dir", lambda: None)
+    monkeypatch.setattr(download_mod, "RETRY_BACKOFF_S", (0.0, 0.0))
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    return tmp_path / "xdg" / "c3dfeat" / "weights"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802 - http.server API
+        srv = self.server
+        srv.hits[self.path] += 1
+        mode, body = srv.routes.get(self.path, ("404", b""))
+        first = srv.hits[self.path] == 1
+        if mode == "404" or (mode == "500_once" and first):
+            self.send_error(404 if mode == "404" else 500)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if mode == "cut" or (mode == "cut_once" and first):
+            self.wfile.write(body[: len(body) // 2])  # then the connection is closed (HTTP/1.0)
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    srv.routes, srv.hits = {}, Counter()
+    srv.url = f"http://127.0.0.1:{srv.server_address[1]}"
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def _closed_port_url() -> str:
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    return f"http://127.0.0.1:{port}/tiny.pth"
+
+
+# ----------------------------------------------------------------------------- search order
+def test_search_order_explicit_env_checkout_cache(tmp_path, monkeypatch, isolated):
+    explicit, env1, env2, checkout = (tmp_path / n for n in ("explicit", "env1", "env2", "checkout"))
+    monkeypatch.setenv("C3DFEAT_WEIGHTS", f"{env1}{os.pathsep}{env2}")
+    monkeypatch.setattr(paths, "checkout_dir", lambda: checkout)
+    assert search_dirs(explicit) == [explicit, env1, env2, checkout, isolated]
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "other"))
+    assert search_dirs()[-1] == tmp_path / "other" / "c3dfeat" / "weights"
+
+    ckpt = _ckpt("v1", "tiny.pth", ())
+    assert find_local_file(ckpt, explicit) is None
+    for i, d in enumerate((tmp_path / "other" / "c3dfeat" / "weights", checkout, env2, env1, explicit)):
+        d.mkdir(parents=True)
+        (d / "tiny.pth").write_bytes(b"%d" % i)
+        assert find_local_file(ckpt, explicit) == d / "tiny.pth"  # each new, earlier dir wins
+
+
+def test_checkout_dir_is_this_checkout():
+    assert _REAL_CHECKOUT_DIR() == Path(__file__).resolve().parents[1] / "weights"
+
+
+# ----------------------------------------------------------------------------- downloads
+def test_download_full_hash_accepted_and_loaded_strictly(server, monkeypatch, isolated):
+    body, sd = _tiny_bytes(1)
+    server.routes["/tiny.pth"] = ("ok", body)
+    _register(monkeypatch, _ckpt("v1", "tiny.pth", [server.url + "/tiny.pth"], sha256=_sha(body)))
+    model = create_model("wtest_tiny", pretrained=True)
+    assert _equal(model, sd)
+    assert model.weights_sha256 == _sha(body)
+    assert (isolated / "tiny.pth").read_bytes() == body
+    assert (isolated / "tiny.pth.sha256").read_text() == f"{_sha(body)}  tiny.pth\n"
+    assert _all_files(isolated) == ["tiny.pth", "tiny.pth.sha256"]
+    # second load: found locally, no new request
+    create_model("wtest_tiny", pretrained=True)
+    assert server.hits["/tiny.pth"] == 1
+
+
+def test_download_published_prefix_and_mirror_fallback(server, monkeypatch, isolated):
+    body, sd = _tiny_bytes(2)
+    prefix = _sha(body)[:8]
+    name = f"tiny-{prefix}.pth"
+    server.routes["/b/" + name] = ("ok", body)  # first mirror: 404
+    _register(monkeypatch, _ckpt("v1", name, [server.url + "/a/" + name, server.url + "/b/" + name], sha256_prefix=prefix))
+    model = create_model("wtest_tiny.v1", pretrained=True)
+    assert _equal(model, sd) and model.weights_sha256 == _sha(body)
+    assert server.hits["/a/" + name] == 1  # 404 is not retried
+
+
+def test_wrong_hash_refused_and_nothing_left(server, monkeypatch, isolated):
+    body, _ = _tiny_bytes(3)
+    other, _ = _tiny_bytes(4)
+    server.routes["/tiny.pth"] = ("ok", body)
+    _register(monkeypatch, _ckpt("v1", "tiny.pth", [server.url + "/tiny.pth"], sha256=_sha(other)))
+    with pytest.raises(ChecksumError, match=_sha(body)):
+        create_model("wtest_tiny", pretrained=True)
+    assert _all_files(isolated) == []
+    assert server.hits["/tiny.pth"] == 1  # a wrong hash is not retried
+
+
+def test_wrong_prefix_refused(server, monkeypatch, isolated):
+    body, _ = _tiny_bytes(3)
+    server.routes["/tiny.pth"] = ("ok", body)
+    bad = "0" * 8 if not _sha(body).startswith("0" * 8) else "f" * 8
+    _register(monkeypatch, _ckpt("v1", "tiny.pth", [server.url + "/tiny.pth"], sha256_prefix=bad))
+    with pytest.raises(ChecksumError, match="prefix"):
+        create_model("wtest_tiny", pretrained=True)
+    assert _all_files(isolated) == []
+
+
+def test_cut_connection_leaves_nothing_that_passes_later(server, monkeypatch, isolated):
+    # Worst case: no published hash, so only the length check can tell a truncated body.
+    body, sd = _tiny_bytes(5)
+    server.routes["/tiny.pth"] = ("cut", body)
+    _register(monkeypatch, _ckpt("v1", "tiny.pth", [server.url + "/tiny.pth"]))
+    with pytest.raises(WeightsNotFoundError, match="connection closed after"):
+        create_model("wtest_tiny", pretrained=True, allow_unverified=True)
+    assert server.hits["/tiny.pth"] == 3  # 1 try + 2 retries
+    assert _all_files(isolated) == []
+    assert find_local_file(get_spec("wtest_tiny").checkpoint) is None
+    server.routes["/tiny.pth"] = ("ok", body)  # the server recovers: a clean download follows
+    model = create_model("wtest_tiny", pretrained=True, allow_unverified=True)
+    assert _equal(model, sd)
+
+
+def test_transient_errors_are_retried(server, monkeypatch, isolated):
+    body, sd = _tiny_bytes(6)
+    server.routes["/cut.pth"] = ("cut_once", body)
+    server.routes["/err.pth"] = ("500_once", body)
+    for path in ("/cut.pth", "/err.pth"):
+        _register(monkeypatch, _ckpt("v1", path[1:], [server.url + path], sha256=_sha(body)))
+        assert _equal(create_model("wtest_tiny", pretrained=True), sd)
+        assert server.hits[path] == 2
+
+
+def test_no_server_clear_error(monkeypatch, isolated):
+    url = _closed_port_url()
+    _register(monkeypatch, _ckpt("v1", "tiny.pth", [url], sha256="ab" * 32))
+    with pytest.raises(WeightsNotFoundError) as e:
+        create_model("wtest_tiny", pretrained=True)
+    msg = str(e.value)
+    assert url in msg
+    assert "c3dfeat weights import FILE --model wtest_tiny.v1" in msg
+    assert "--allow-unverified" not in msg  # a published hash needs no flag
+    assert _all_files(isolated) == []
+
+
+def test_unverified_needs_flag_then_digest_is_recorded_and_enforced(server, monkeypatch, isolated, capsys):
+    body, sd = _tiny_bytes(7)
+    server.routes["/tiny.pth"] = ("ok", body)
+    _register(monkeypatch, _ckpt("v1", "tiny.pth", [server.url + "/tiny.pth"]))
+    with pytest.raises(WeightsError, match="--allow-unverified"):
+        create_model("wtest_tiny", pretrained=True)
+    assert server.hits["/tiny.pth"] == 0  # refused before any transfer
+    model = create_model("wtest_tiny", pretrained=True, allow_unverified=True)
+    assert _equal(model, sd)
+    assert _sha(body) in capsys.readouterr().err
+    assert (isolated / "tiny.pth.sha256").read_text().split()[0] == _sha(body)
+    # Recorded now: loads without the flag ...
+    assert create_model("wtest_tiny", pretrained=True).weights_sha256 == _sha(body)
+    # ... and a changed file is refused.
+    other, _ = _tiny_bytes(8)
+    (isolated / "tiny.pth").write_bytes(other)
+    with pytest.raises(ChecksumError, match="recorded"):
+        create_model("wtest_tiny", pretrained=True)
+
+
+def test_local_file_without_record_needs_flag(monkeypatch, isolated):
+    body, sd = _tiny_bytes(9)
+    isolated.mkdir(parents=True)
+    (isolated / "tiny.pth").write_bytes(body)
+    _register(monkeypatch, _ckpt("v1", "tiny.pth", ["http://127.0.0.1:9/never"]))
+    with pytest.raises(WeightsError, match="c3dfeat weights import"):
+        create_model("wtest_tiny", pretrained=True)
+    assert _equal(create_model("wtest_tiny", pretrained=True, allow_unverified=True), sd)
+
+
+# ----------------------------------------------------------------------------- containers and safe loading
+@pytest.mark.parametrize("legacy,wrap", [(False, False), (True, False), (False, True), (True, True)])
+def test_torch_containers_load_with_weights_only(tmp_path, legacy, wrap):
+    body, sd = _tiny_bytes(10, legacy=legacy, wrap=wrap)
+    p = tmp_path / "w.bin"
+    p.write_bytes(body)
+    if legacy:
+        assert not body.startswith(b"PK")  # really the pre-1.6 format (DavideA c3d.pickle)
+    model = Tiny()
+    load_pretrained(model, None, p)
+    assert _equal(model, sd) and model.weights_sha256 == _sha(body)
+
+
+def _make_marker(path):  # what a malicious pickle would run
+    Path(path).write_text("pwned")
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (_make_marker, (str(self.marker),))
+
+
+class _EvilShell:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("evil", [_Evil, _EvilShell])
+def test_malicious_caffe2_pickle_is_refused(tmp_path, evil):
+    marker = tmp_path / "marker"
+    data = pickle.dumps({"blobs": {"conv1_w": evil(marker)}}, protocol=2)
+    p = tmp_path / "evil.pkl"
+    p.write_bytes(data)
+    with pytest.raises(UnsafePickleError, match="refusing to unpickle"):
+        safe_loads(data)
+    with pytest.raises(UnsafePickleError):
+        load_pretrained(Tiny(), None, p)  # detected as caffe2_pkl, goes through the restricted unpickler
+    assert not marker.exists()
+    # Sanity: the same pickle does create the marker when loaded without restrictions.
+    if evil is _Evil:
+        pickle.loads(data)
+        assert marker.exists()
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_malicious_torch_file_is_refused(tmp_path, legacy):
+    marker = tmp_path / "marker"
+    p = tmp_path / "evil.pth"
+    torch.save({"w": torch.zeros(2), "x": _Evil(marker)}, p, _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(UnsafePickleError, match="weights_only"):
+        load_pretrained(Tiny(), None, p)
+    assert not marker.exists()
+
+
+def test_safe_unpickler_admits_plain_data():
+    obj = {"blobs": {"a": [1, 2.5, "s", (None, True)]}, "model_iter": 3}
+    assert safe_loads(pickle.dumps(obj, protocol=2)) == obj
+    assert safe_loads(pickle.dumps(obj, protocol=0)) == obj
+    import numpy as np
+
+    arr = np.arange(12, dtype=np.float32).reshape(3, 4)
+    out = safe_loads(pickle.dumps({"blobs": {"a": arr, "s": np.float32(2.0)}}, protocol=2))
+    assert np.array_equal(out["blobs"]["a"], arr) and out["blobs"]["s"] == 2.0
+
+
+# ----------------------------------------------------------------------------- CLI
+def test_cli_download_list_verify_import(server, monkeypatch, isolated, tmp_path):
+    body, sd = _tiny_bytes(11)
+    prefix = _sha(body)[:8]
+    server.routes["/tiny.pth"] = ("ok", body)
+    _register(
+        monkeypatch,
+        _ckpt("v1", f"tiny-{prefix}.pth", [server.url + "/tiny.pth"], sha256_prefix=prefix),
+        _ckpt("v2", "tiny2.pth", [server.url + "/none.pth"]),
+    )
+    runner = CliRunner()
+    r = runner.invoke(cli, ["weights", "list", "wtest_tiny*", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = {row["name"]: row for row in json.loads(r.stdout)}
+    assert rows["wtest_tiny.v1"]["status"] == "absent" and rows["wtest_tiny.v1"]["published_hash"] == f"prefix {prefix}"
+
+    r = runner.invoke(cli, ["weights", "download", "wtest_tiny.v1"])
+    assert r.exit_code == 0, r.output
+    assert _sha(body) in r.stdout
+    r = runner.invoke(cli, ["weights", "list", "wtest_tiny*"])
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("wtest_tiny.v1"))
+    assert line.split()[-2:] == ["yes", "prefix"]
+
+    # import a file fetched "by other means": v2 has no hash -> needs the flag, then recorded
+    other, sd2 = _tiny_bytes(12)
+    src = tmp_path / "fetched.pth"
+    src.write_bytes(other)
+    r = runner.invoke(cli, ["weights", "import", str(src), "--model", "wtest_tiny.v2"])
+    assert r.exit_code == 1 and "--allow-unverified" in r.output
+    r = runner.invoke(cli, ["weights", "import", str(src), "--model", "wtest_tiny.v2", "--allow-unverified"])
+    assert r.exit_code == 0, r.output
+    assert (isolated / "tiny2.pth").read_bytes() == other
+    assert _equal(create_model("wtest_tiny.v2", pretrained=True), sd2)
+    # importing a file of the wrong format is refused
+    bad = tmp_path / "bad.pkl"
+    bad.write_bytes(pickle.dumps({"blobs": {}}, protocol=2))
+    r = runner.invoke(cli, ["weights", "import", str(bad), "--model", "wtest_tiny.v1"])
+    assert r.exit_code == 1 and "caffe2_pkl" in r.output
+
+    r = runner.invoke(cli, ["weights", "verify", "wtest_tiny*"])
+    assert r.exit_code == 0, r.output
+    assert "wtest_tiny.v1: prefix" in r.stdout and "wtest_tiny.v2: recorded" in r.stdout
+    (isolated / "tiny2.pth").write_bytes(body)  # tampered
+    r = runner.invoke(cli, ["weights", "verify", "wtest_tiny*"])
+    assert r.exit_code == 1 and "wtest_tiny.v2: MISMATCH" in r.stdout
+
+
+def test_cli_download_offline_names_url_and_import_command(monkeypatch, isolated):
+    url = _closed_port_url()
+    _register(monkeypatch, _ckpt("v1", "tiny.pth", [url]))
+    r = CliRunner().invoke(cli, ["weights", "download", "wtest_tiny.v1", "--allow-unverified"])
+    assert r.exit_code == 1
+    assert url in r.output
+    assert "c3dfeat weights import FILE --model wtest_tiny.v1 --allow-unverified" in r.output
+
+
+def test_every_registered_checkpoint_is_well_formed():
+    """The registry's hash knowledge is consistent with the file names (models.md §0.2)."""
+    import re
+
+    from c3dfeat.weights import all_checkpoints
+
+    known = all_checkpoints()
+    assert len(known) >= 30
+    for name, c in known:
+        assert c.urls, name
+        if c.sha256_prefix:
+            m = re.search(r"-([a-f0-9]+)\.", c.file_name)  # torch.hub's HASH_REGEX
+            assert m and m.group(1) == c.sha256_prefix, name
+        if c.sha256:
+            assert re.fullmatch(r"[0-9a-f]{64}", c.sha256), name
+
+
+def test_codecs_encode_only_for_latin1():
+    import codecs
+
+    class _Rot13:
+        def __reduce__(self):
+            return (codecs.encode, ("abc", "rot13"))
+
+    data = pickle.dumps(_Rot13(), protocol=2)
+    assert b"_codecs" in data
+    with pytest.raises(UnsafePickleError, match="rot13"):
+        safe_loads(data)
