@@ -43,6 +43,7 @@ __all__ = [
     "merge",
     "recover_file",
     "provenance_diff",
+    "file_summary",
 ]
 
 FORMAT = "c3dfeat-features"
@@ -53,7 +54,7 @@ RANDOM_INIT_WARNING = (
     "meaningless for anything but testing"
 )
 # Root attributes that describe *this run* rather than the features; never compared.
-_RUN_ATTRS = ("command_line", "created_utc", "shard")
+_RUN_ATTRS = ("command_line", "created_utc", "shard", "run")
 
 _STR = h5py.string_dtype("utf-8")
 _VIDEO_COLUMNS: Tuple[Tuple[str, Any], ...] = (
@@ -557,6 +558,7 @@ def open_writer(
     overwrite: bool = False,
     command_line: str = "",
     shard: str = "",
+    run: Optional[Mapping[str, Any]] = None,
 ) -> FeatureWriter:
     """A writer for `path`: a new file, or (when it exists) a resume of the same run.
 
@@ -566,7 +568,8 @@ def open_writer(
         provenance: everything that determines the features (compared on resume).
         dtype: storage dtype of features, "float32" or "float16".
         overwrite: start over even if `path` exists.
-        command_line, shard: recorded as run attributes (not compared).
+        command_line, shard, run: recorded as run attributes (not compared); `run` is a
+            JSON-able dict (device, batch size, torch version ...).
 
     Raises:
         ProvenanceMismatchError: `path` holds features made with other settings.
@@ -578,13 +581,14 @@ def open_writer(
     keys = [m.key for m in models]
     if len(set(keys)) != len(keys):
         raise ValueError(f"model keys must be unique, got {keys}")
-    run = {"command_line": command_line, "created_utc": _utcnow(), "shard": shard}
+    run_attrs = {"command_line": command_line, "created_utc": _utcnow(), "shard": shard,
+                 "run": json.dumps(_canon(dict(run or {})), sort_keys=True)}
     full = {**_canon(provenance), "store": {"dtype": np.dtype(dtype).name}}
     full["models"] = {m.key: _canon(dict(m.attrs)) for m in models}  # per-model provenance lives in ModelInfo
     if overwrite or not path.exists():
         if overwrite and path.exists():
             path.unlink()
-        return FeatureWriter._create(path, models, full, dtype, run)
+        return FeatureWriter._create(path, models, full, dtype, run_attrs)
     recovered = recover_file(path)
     try:
         f = h5py.File(path, "r+", libver="latest")
@@ -879,7 +883,8 @@ def merge(
         tables = [ff.videos() for ff in files]
         prov = json.loads(ref.h5.attrs["provenance"])
         w = open_writer(out, models, prov, dtype=ref.dtype, overwrite=True,
-                        command_line=_s(ref.h5.attrs.get("command_line", "")))
+                        command_line=_s(ref.h5.attrs.get("command_line", "")),
+                        run=json.loads(_s(ref.h5.attrs.get("run", "{}")) or "{}"))
         try:
             for s in range(0, len(order), batch):
                 items = []
@@ -912,3 +917,34 @@ def _py(x: Any) -> Any:
 def iter_chunks(n: int, size: int) -> Iterator[Tuple[int, int]]:
     for s in range(0, n, size):
         yield s, min(n, s + size)
+
+
+def file_summary(path: Union[str, Path]) -> Dict[str, Any]:
+    """What `c3dfeat info` shows: provenance, counts, layers, failures (JSON-able)."""
+    with FeatureFile(path) as ff:
+        prov = ff.provenance
+        failed = ff.failed
+        models = {}
+        for key in ff.models:
+            mi = ff.model_info(key)
+            d = dict(mi.attrs)
+            d["clips"] = ff.num_clips(key)
+            d["layers"] = [dataclasses.asdict(layer) for layer in mi.layers]
+            models[key] = d
+        return {
+            "path": str(path),
+            "c3dfeat_version": prov.get("c3dfeat_version", ""),
+            "dtype": ff.dtype,
+            "videos": ff.num_videos,
+            "ok": ff.num_videos - len(failed),
+            "failed": len(failed),
+            "failures": failed,
+            "random_init": ff.random_init,
+            "warning": ff.warning,
+            "models": models,
+            "provenance": {k: v for k, v in prov.items() if k not in _RUN_ATTRS},
+            "command_line": prov.get("command_line", ""),
+            "created_utc": prov.get("created_utc", ""),
+            "shard": prov.get("shard", ""),
+            "run": json.loads(prov.get("run") or "{}"),
+        }

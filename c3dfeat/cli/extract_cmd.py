@@ -1,0 +1,247 @@
+"""`c3dfeat extract`, `c3dfeat merge`, `c3dfeat info`: thin wrappers over c3dfeat.extract / store."""
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import click
+
+from c3dfeat.cli import cli
+
+# Exit codes of `extract` (documented in its help).
+EXIT_SOME_FAILED = 3
+
+EXTRACT_EPILOG = """\b
+Examples:
+  c3dfeat extract videos/ -o feats.h5
+  c3dfeat extract videos/ -o feats.h5 --model c3d:fc6,fc7 --model r2plus1d_34.ig65m_32f
+  c3dfeat extract list.txt -o feats.h5 --model c3d --layers fc6,fc7 --crop 10 --half
+  c3dfeat extract videos/ -o part2.h5 --shard 2/8 && c3dfeat merge part*.h5 -o all.h5
+
+\b
+Models and layers: --model NAME[:LAYER,LAYER] (repeatable); --layers [MODEL:]LAYER,LAYER
+(without MODEL: the only model). Defaults: C3D fc6, others pool5 (`c3dfeat models`).
+Rerunning the same command resumes (only missing videos are extracted); other settings
+are refused unless --overwrite.
+
+\b
+Exit codes: 0 every video extracted; 3 some videos failed (listed at the end and in the
+file, `c3dfeat info`); 1 an error stopped the run (nothing half-written: committed videos
+stay); 2 bad usage.
+"""
+
+
+def _parse_models(models: Tuple[str, ...], layers: Tuple[str, ...]) -> List[Tuple[str, Optional[List[str]]]]:
+    """`--model c3d:fc6,fc7 --model r2plus1d_18 --layers r2plus1d_18:pool5` → [(name, layers)]."""
+    order: List[str] = []
+    chosen: Dict[str, Optional[List[str]]] = {}
+    for m in models or ("c3d",):
+        name, _, ls = m.partition(":")
+        name = name.strip()
+        if not name:
+            raise click.BadParameter(f"empty model name in {m!r}", param_hint="--model")
+        if name in chosen:
+            raise click.BadParameter(f"model {name!r} given twice", param_hint="--model")
+        order.append(name)
+        chosen[name] = [s for s in ls.split(",") if s] or None
+    for spec in layers:
+        if ":" in spec:
+            name, _, ls = spec.partition(":")
+            if name not in chosen:
+                raise click.BadParameter(
+                    f"{spec!r} names model {name!r}, which is not in --model ({', '.join(order)})",
+                    param_hint="--layers",
+                )
+        else:
+            if len(order) != 1:
+                raise click.BadParameter(
+                    "with several models, say which: --layers MODEL:LAYER,LAYER", param_hint="--layers"
+                )
+            name, ls = order[0], spec
+        chosen[name] = (chosen[name] or []) + [s for s in ls.split(",") if s]
+    return [(n, chosen[n]) for n in order]
+
+
+def _crop(value: str):
+    if value == "center":
+        return "center"
+    if value in ("3", "10"):
+        return int(value)
+    raise click.BadParameter("must be center, 3 or 10", param_hint="--crop")
+
+
+@cli.command("extract", epilog=EXTRACT_EPILOG)
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="HDF5 file to write (or resume).")
+@click.option("-m", "--model", "models", multiple=True, metavar="NAME[:LAYERS]", help="Model (repeatable), optionally with its layers. Default: c3d.")
+@click.option("--layers", "layers", multiple=True, metavar="[MODEL:]L1,L2", help="Layers to store (repeatable).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True, help="Compute dtype (fp32 is exact).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Clips per forward pass.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Decoding threads.")
+@click.option("--decoder", type=click.Choice(["decord", "pyav"]), default="decord", show_default=True)
+@click.option("--clip-len", type=click.IntRange(min=1), default=None, help="Frames per clip (default: the model's).")
+@click.option("--stride", type=click.IntRange(min=1), default=None, help="Frames between clip starts (default: the model's).")
+@click.option("--frame-step", type=click.IntRange(min=1), default=None, help="Step between a clip's frames (default: the model's).")
+@click.option("--num-clips", type=click.IntRange(min=1), default=None, help="N uniformly spaced clips per video instead of a stride.")
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None, help="Resample the timeline to this rate (frame indices only, no re-encoding).")
+@click.option("--tail", type=click.Choice(["pad", "drop"]), default="pad", show_default=True, help="Last partial clip: pad with the last frame, or drop it.")
+@click.option("--crop", default="center", show_default=True, help="center, 3 or 10 crops.")
+@click.option("--crop-reduce", type=click.Choice(["mean", "none"]), default="mean", show_default=True, help="Average the crops or keep each.")
+@click.option("--weights", "weights", multiple=True, metavar="[MODEL=]PATH", help="Local checkpoint file instead of the default.")
+@click.option("--weights-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Weights directory searched first.")
+@click.option("--random-init", is_flag=True, help="No pretrained weights (tests, benchmarks): features are MEANINGLESS.")
+@click.option("--half", is_flag=True, help="Store float16 features.")
+@click.option("--overwrite", is_flag=True, help="Start over instead of resuming.")
+@click.option("--shard", default=None, metavar="K/N", help="Process shard K of N (by a hash of the video id).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar; only the summary and errors.")
+def extract_command(inputs, output, models, layers, device, dtype, batch_size, workers, decoder, clip_len, stride,
+                    frame_step, num_clips, fps, tail, crop, crop_reduce, weights, weights_dir, random_init, half,
+                    overwrite, shard, quiet) -> None:
+    """Extract features of videos (files, folders, list files) into one HDF5 file."""
+    from c3dfeat.extract import ModelRequest, extract
+
+    pairs = _parse_models(models, layers)
+    paths: Dict[str, str] = {}
+    for w in weights:
+        name, eq, p = w.partition("=")
+        if not eq:
+            if len(pairs) != 1:
+                raise click.BadParameter("with several models use --weights MODEL=PATH", param_hint="--weights")
+            name, p = pairs[0][0], w
+        if name not in dict(pairs):
+            raise click.BadParameter(f"{name!r} is not one of the --model names", param_hint="--weights")
+        paths[name] = p
+    reqs = [ModelRequest(n, tuple(ls) if ls else None, paths.get(n)) for n, ls in pairs]
+    err = _console(stderr=True)
+    progress_cb, finish = _progress(err, quiet)
+    try:
+        report = extract(
+            list(inputs), output, reqs, device=device, dtype=dtype, batch_size=batch_size, workers=workers,
+            decoder=decoder, clip_len=clip_len, stride=stride, frame_step=frame_step, num_clips=num_clips,
+            fps=fps, tail=tail, crop=_crop(crop), crop_reduce=crop_reduce, weights_dir=weights_dir,
+            random_init=random_init, half=half, overwrite=overwrite, shard=shard, progress=progress_cb,
+            command_line=" ".join(shlex.quote(a) for a in ["c3dfeat"] + sys.argv[1:]),
+        )
+    finally:
+        finish()
+    _summary(report, err)
+    if report.failed:
+        sys.exit(EXIT_SOME_FAILED)
+
+
+def _console(stderr: bool):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _progress(console, quiet: bool):
+    if quiet:
+        return None, lambda: None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn("[bold]extract"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("videos  {task.fields[rate]:.2f} clips/s  [red]{task.fields[failed]} failed"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+    state = {"task": None}
+
+    def cb(p) -> None:
+        if state["task"] is None:
+            bar.start()
+            state["task"] = bar.add_task("extract", total=p.total, rate=0.0, failed=0)
+        bar.update(state["task"], completed=p.done, rate=p.clips / p.elapsed if p.elapsed > 0 else 0.0,
+                   failed=p.failed)
+
+    def finish() -> None:
+        if state["task"] is not None:
+            bar.stop()
+
+    return cb, finish
+
+
+def _summary(report, err) -> None:
+    from rich.table import Table
+
+    out = _console(stderr=False)
+    t = Table(title=f"c3dfeat extract → {report.output}", show_header=False)
+    t.add_row("videos in this run", str(report.total))
+    t.add_row("already in the file (resumed)", str(report.skipped))
+    t.add_row("extracted", str(report.ok))
+    t.add_row("failed", f"[red]{len(report.failed)}[/red]" if report.failed else "0")
+    t.add_row("clips", str(report.clips))
+    t.add_row("time", f"{report.seconds:.1f} s ({report.clips_per_second:.2f} clips/s on {report.device})")
+    out.print(t)
+    for w in report.warnings:
+        err.print(f"[yellow]warning:[/yellow] {w}")
+    if report.random_init:
+        err.print(f"[bold red]RANDOM INIT: {', '.join(report.random_init)} ran without pretrained weights; "
+                  "these features are meaningless except for testing.[/bold red]")
+    if report.failed:
+        err.print(f"[red]{len(report.failed)} video(s) failed:[/red]")
+        for vid, reason in report.failed:
+            err.print(f"  {vid}: {reason}", markup=False)
+
+
+@cli.command("merge")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+def merge_command(files, output, overwrite) -> None:
+    """Join shard files (same settings) into one, ordered like a single run."""
+    from c3dfeat.store import FeatureFile, merge
+
+    merge(list(files), output, overwrite=overwrite)
+    with FeatureFile(output) as ff:
+        click.echo(f"merged {len(files)} files → {output}: {ff.num_videos} videos, {len(ff.failed)} failed")
+
+
+@cli.command("info")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--failures", "max_failures", type=int, default=20, show_default=True, help="Failed videos to list.")
+def info_command(file, as_json, max_failures) -> None:
+    """Provenance, counts, layers and failures of a feature file."""
+    from c3dfeat.store import file_summary
+
+    s = file_summary(file)
+    if as_json:
+        click.echo(json.dumps(s, indent=2, sort_keys=True))
+        return
+    out, err = _console(stderr=False), _console(stderr=True)
+    if s["random_init"]:
+        msg = f"[bold red]{s['warning']}[/bold red]"
+        out.print(msg)
+        err.print(msg)
+    out.print(f"[bold]{file}[/bold]  (c3dfeat {s['c3dfeat_version']}, {s['dtype']})")
+    out.print(f"videos: {s['videos']} ({s['ok']} ok, {s['failed']} failed)")
+    out.print(f"created: {s['created_utc']}  command: {s['command_line']}", markup=False)
+    if s["shard"]:
+        out.print(f"shard: {s['shard']}")
+    for key, m in s["models"].items():
+        ck = "RANDOM INIT" if m.get("random_init") else f"{m.get('checkpoint')} sha256={m.get('weights_sha256')}"
+        out.print(f"model [bold]{key}[/bold]: {ck}; {m['clips']} clips", markup=True)
+        samp = m.get("sampling", {})
+        out.print(f"  sampling: {json.dumps(samp, sort_keys=True)}", markup=False)
+        out.print(f"  crops: {m.get('crops')} ({m.get('crop_reduce')}); mean cube: "
+                  f"{m.get('mean_cube_sha256') or 'not used'}", markup=False)
+        for layer in m["layers"]:
+            crops = f" x {layer['crops']} crops" if layer["crops"] else ""
+            out.print(f"  layer {layer['name']}: dim {layer['dim']}{crops} (per clip {tuple(layer['shape'])})", markup=False)
+    if s["failures"]:
+        out.print(f"[red]failed videos ({s['failed']}):[/red]")
+        for vid, reason in s["failures"][:max_failures]:
+            out.print(f"  {vid}: {reason}", markup=False)
+        if s["failed"] > max_failures:
+            out.print(f"  ... {s['failed'] - max_failures} more (--failures N)")
