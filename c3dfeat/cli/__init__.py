@@ -32,3 +32,4 @@ def main() -> None:
 # Command modules register themselves on `cli` (keep this list in sync with the files).
 from c3dfeat.cli import models_cmd  # noqa: E402,F401
 from c3dfeat.cli import weights_cmd  # noqa: E402,F401
+from c3dfeat.cli import extract_cmd  # noqa: E402,F401
