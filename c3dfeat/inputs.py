@@ -74,7 +74,13 @@ def _is_video_name(name: str) -> bool:
 
 def _walk(directory: Path) -> List[Path]:
     out = []
+    seen = set()  # real paths of visited folders: symlink cycles end here
     for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for f in sorted(filenames):
             if not f.startswith(".") and _is_video_name(f):

@@ -29,6 +29,11 @@ def test_directory_recursive_ids_are_relative_posix_paths(tree):
     assert got[0].path == tree / "a" / "x.mp4"
 
 
+def test_symlink_cycle_terminates(tree):
+    (tree / "a" / "loop").symlink_to(tree, target_is_directory=True)
+    assert ids(resolve_inputs([tree])) == ["a/x.mp4", "b/deep/y.AVI", "b/x.mp4", "ü dir/my clip.mkv"]
+
+
 def test_several_arguments_share_one_root(tree):
     got = resolve_inputs([tree / "a" / "x.mp4", tree / "b"])
     assert ids(got) == ["a/x.mp4", "b/deep/y.AVI", "b/x.mp4"]
