@@ -33,3 +33,4 @@ def main() -> None:
 from c3dfeat.cli import models_cmd  # noqa: E402,F401
 from c3dfeat.cli import weights_cmd  # noqa: E402,F401
 from c3dfeat.cli import extract_cmd  # noqa: E402,F401
+from c3dfeat.cli import eval_cmd  # noqa: E402,F401
