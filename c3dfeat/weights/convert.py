@@ -43,7 +43,9 @@ def _fit(arr: np.ndarray, shape: Tuple[int, ...], blob: str, key: str) -> torch.
             f"blob {blob!r} has shape {tuple(arr.shape)}, but {key} needs {tuple(shape)}; "
             "is this checkpoint for another model or class count?"
         )
-    return torch.from_numpy(np.array(a, dtype=np.float32, copy=True))
+    if a.dtype != np.float32 or not a.flags.c_contiguous or not a.flags.writeable or a.base is not None:
+        a = np.array(a, dtype=np.float32, copy=True)  # own, writable memory (no aliasing of views)
+    return torch.from_numpy(a)
 
 
 def _model_shapes(model: nn.Module) -> "OrderedDict[str, Tuple[int, ...]]":
@@ -304,16 +306,36 @@ def caffe_num_classes(layers) -> Optional[int]:
     return None
 
 
-def convert_path(path: os.PathLike, fmt: str, model: nn.Module) -> StateDict:
-    """Convert a Caffe / Caffe2 file of format `fmt` to `model`'s state_dict."""
+def read_source(path: os.PathLike, fmt: str):
+    """The parsed contents of a Caffe / Caffe2 file: a list of CaffeLayer, or the Caffe2 blob dict."""
     from c3dfeat.weights import caffe
     from c3dfeat.weights.safe_pickle import safe_load_path
 
-    src = str(path)
     if fmt == "caffe_v1":
-        return c3d_from_caffe_v1(caffe.read_caffe_v1(path), model, src)
+        return caffe.read_caffe_v1(path)
     if fmt == "caffe_v11":
-        return res3d_from_caffe_v11(caffe.read_caffe_v11(path), model, src)
+        return caffe.read_caffe_v11(path)
     if fmt == "caffe2_pkl":
-        return from_caffe2(caffe2_blobs(safe_load_path(path), src), model, src)
-    raise ConversionError(f"{src}: no converter for format {fmt!r}")
+        return caffe2_blobs(safe_load_path(path), str(path))
+    raise ConversionError(f"{path}: no converter for format {fmt!r}")
+
+
+def source_num_classes(source, fmt: str) -> Optional[int]:
+    """The classifier size of a parsed source (see :func:`read_source`), if it can be told."""
+    return caffe2_num_classes(source) if fmt == "caffe2_pkl" else caffe_num_classes(source)
+
+
+def convert_source(source, fmt: str, model: nn.Module, where: str = "checkpoint") -> StateDict:
+    """`model`'s state_dict from a parsed source (see :func:`read_source`)."""
+    if fmt == "caffe_v1":
+        return c3d_from_caffe_v1(source, model, where)
+    if fmt == "caffe_v11":
+        return res3d_from_caffe_v11(source, model, where)
+    if fmt == "caffe2_pkl":
+        return from_caffe2(source, model, where)
+    raise ConversionError(f"{where}: no converter for format {fmt!r}")
+
+
+def convert_path(path: os.PathLike, fmt: str, model: nn.Module) -> StateDict:
+    """Convert a Caffe / Caffe2 file of format `fmt` to `model`'s state_dict."""
+    return convert_source(read_source(path, fmt), fmt, model, str(path))

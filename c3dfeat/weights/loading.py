@@ -287,10 +287,20 @@ def convert_file(src: PathLike, name: str, dst: PathLike) -> Tuple[str, str]:
             with open(tmp, "wb") as f:
                 np.save(f, read_mean_cube(src))
         else:
+            from c3dfeat.weights import convert
+
             arch, tag = split_name(name)
-            classes = None if tag else _source_classes(src, fmt)
-            model = create_model(name, num_classes=classes)
-            sd = state_dict_from_file(src, model)
+            if fmt == TORCH:
+                sd = load_torch_state_dict(src)
+                classes = None if tag else _torch_classes(sd)
+                model = create_model(name, num_classes=classes)
+                sd = _fill_counters(sd, model)
+            else:  # parse once: the class count and the tensors come from the same read
+                source = convert.read_source(src, fmt)
+                classes = None if tag else convert.source_num_classes(source, fmt)
+                model = create_model(name, num_classes=classes)
+                sd = convert.convert_source(source, fmt, model, str(src))
+                del source
             load_state_dict_strict(model, sd, str(src))
             torch.save(model.state_dict(), tmp)
         os.replace(tmp, dst)
@@ -299,19 +309,8 @@ def convert_file(src: PathLike, name: str, dst: PathLike) -> Tuple[str, str]:
     return fmt, hashing.sha256_file(dst)
 
 
-def _source_classes(src: Path, fmt: str) -> Optional[int]:
-    from c3dfeat.weights import caffe, convert
-
-    if fmt == "caffe2_pkl":
-        from c3dfeat.weights.safe_pickle import safe_load_path
-
-        return convert.caffe2_num_classes(convert.caffe2_blobs(safe_load_path(src), str(src)))
-    if fmt == "caffe_v1":
-        return convert.caffe_num_classes(caffe.read_caffe_v1(src))
-    if fmt == "caffe_v11":
-        return convert.caffe_num_classes(caffe.read_caffe_v11(src))
-    sd = load_torch_state_dict(src)
-    for key in ("fc.weight", "fc8.weight", "blocks.5.proj.weight"):
+def _torch_classes(sd: StateDict) -> Optional[int]:
+    for key in ("fc.weight", "fc8.weight", "blocks.5.proj.weight"):  # VideoResNets, C3D, pytorchvideo
         if key in sd:
             return int(sd[key].shape[0])
     return None
