@@ -1,0 +1,72 @@
+"""A tiny model registered only for the extraction tests (fast pipeline mechanics).
+
+`tiny3d`: clip_len 4, stride 2, frames resized to 32x32 and centre-cropped to 24 (or kept at 32
+with `tiny3d_id`). Layers:
+* ``input``: the network input itself, flattened (3*T*crop*crop) — so a test can read back
+  exactly which frames (and which crop) each stored clip was made of;
+* ``conv``: a seeded 3-D conv + ReLU + global average pool (8,) — real arithmetic;
+* ``pool``: mean over time of ``input`` per channel (3,).
+
+`register()` is idempotent; subprocesses call it before running the CLI.
+"""
+from __future__ import annotations
+
+from typing import Dict, Sequence
+
+import torch
+import torch.nn as nn
+
+from c3dfeat.models import LayerSpec, ModelSpec, Preprocessing, register_model
+from c3dfeat.models._registry import _REGISTRY
+
+
+class Tiny3D(nn.Module):
+    def __init__(self, num_classes: int = 5) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(3, 8, kernel_size=3, padding=1)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward_layers(self, x: torch.Tensor, layers: Sequence[str]) -> Dict[str, torch.Tensor]:
+        out: Dict[str, torch.Tensor] = {}
+        if "input" in layers:
+            out["input"] = x.flatten(1).clone()
+        if "pool" in layers:
+            out["pool"] = x.mean(dim=(2, 3, 4))
+        if "conv" in layers or "logits" in layers:
+            h = torch.relu(self.conv(x)).mean(dim=(2, 3, 4))
+            if "conv" in layers:
+                out["conv"] = h
+            if "logits" in layers:
+                out["logits"] = self.fc(h)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_layers(x, ["logits"])["logits"]
+
+
+def _spec(name: str, crop: int) -> ModelSpec:
+    return ModelSpec(
+        name=name,
+        builder=Tiny3D,
+        checkpoints=(),
+        preprocessing=Preprocessing(clip_len=4, frame_step=1, clip_stride=2, resize=(32, 32), crop=crop,
+                                    scale=1.0 / 255.0),
+        layers=(
+            LayerSpec("input", (3, 4, crop, crop)),
+            LayerSpec("pool", (3,)),
+            LayerSpec("conv", (8,)),
+            LayerSpec("logits", (5,)),
+        ),
+        default_layer="conv",
+        input_size=(4, crop, crop),
+        description="test-only tiny model",
+    )
+
+
+def register() -> None:
+    for name, crop in (("tiny3d", 24), ("tiny3d_id", 32)):
+        if name not in _REGISTRY:
+            register_model(_spec(name, crop))
+
+
+register()
