@@ -35,8 +35,9 @@ def weights_group() -> None:
 @_weights_dir
 @click.option("--no-hash", is_flag=True, help="Do not hash present files (faster; no verified column).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--markdown", is_flag=True, help="The registry as a Markdown table (for weights/README.md).")
 @click.argument("pattern", default="*")
-def list_command(weights_dir: Optional[Path], no_hash: bool, as_json: bool, pattern: str) -> None:
+def list_command(weights_dir: Optional[Path], no_hash: bool, as_json: bool, markdown: bool, pattern: str) -> None:
     """List every known checkpoint: file, format, published hash, present?, verified?
 
     \b
@@ -47,6 +48,16 @@ def list_command(weights_dir: Optional[Path], no_hash: bool, as_json: bool, patt
     from c3dfeat.weights import all_checkpoints, checkpoint_status
     from c3dfeat.weights.hashing import hash_knowledge
 
+    if markdown:
+        click.echo("| checkpoint | file | format | classes | published hash | URL(s) |")
+        click.echo("|---|---|---|---|---|---|")
+        for name, ckpt in all_checkpoints(pattern):
+            urls = "<br>".join(ckpt.urls) or "-"
+            click.echo(
+                f"| `{name}` | `{ckpt.file_name}` | {ckpt.format} | {ckpt.num_classes or '-'} | "
+                f"{hash_knowledge(ckpt)} | {urls} |"
+            )
+        return
     rows = []
     for name, ckpt in all_checkpoints(pattern):
         st = checkpoint_status(name, ckpt, weights_dir, hash_files=not no_hash)
