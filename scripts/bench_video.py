@@ -1,0 +1,82 @@
+"""Decoding and preprocessing throughput (frames/s) — the per-frame cost of every extraction.
+
+    .venv/bin/python scripts/bench_video.py [--threads 1] [--videos DIR]
+
+* decode: each backend reads every frame of each video in increasing windows of 64 indices
+  (what the pipeline asks), frames/s;
+* transform: `ClipTransform.frames` on 64 random uint8 frames, frames/s, per model preset
+  (320x240 input unless stated).
+
+Not a test: numbers depend on the machine and its load.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from c3dfeat import get_spec  # noqa: E402
+from c3dfeat.transforms import ClipTransform  # noqa: E402
+from c3dfeat.video import open_video  # noqa: E402
+
+
+def bench_decode(path: str, backend: str) -> float:
+    t = time.perf_counter()
+    with open_video(path, backend, threads=1) as v:
+        n = v.num_frames
+        for s in range(0, n, 64):
+            v.get_frames(range(s, min(n, s + 64)))
+    return n / (time.perf_counter() - t)
+
+
+def bench_transform(model: str, crops, hw=(240, 320), n=64, reps=5) -> float:
+    t = ClipTransform(get_spec(model).preprocessing, crops=crops)
+    x = np.random.default_rng(0).integers(0, 256, size=(n, *hw, 3), dtype=np.uint8)
+    t.frames(x)
+    start = time.perf_counter()
+    for _ in range(reps):
+        t.frames(x)
+    return reps * n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for the transforms")
+    ap.add_argument("--videos", default=str(Path(__file__).resolve().parents[2] / "shared" / "videos"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch threads: {torch.get_num_threads()}, cpu count: {os.cpu_count()}")
+
+    videos = sorted(glob.glob(os.path.join(args.videos, "*.mp4")) + glob.glob(os.path.join(args.videos, "*.avi")))
+    with tempfile.TemporaryDirectory() as d:
+        from tests.synth import make_video
+
+        videos.append(str(make_video(Path(d) / "synthetic_640x360.mp4", 300, size=(360, 640), fps=30, noise=20)))
+        print("\ndecode (frames/s, 1 decoder thread, windows of 64)")
+        for p in videos:
+            row = [f"{bench_decode(p, b):8.1f}" for b in ("decord", "pyav")]
+            print(f"  {os.path.basename(p):32s} decord {row[0]}  pyav {row[1]}")
+
+    print("\ntransform frames() (frames/s, 64 frames per call)")
+    for model, crops, hw in [
+        ("c3d", "center", (240, 320)),
+        ("c3d", 10, (240, 320)),
+        ("r2plus1d_18", "center", (240, 320)),
+        ("ir_csn_152", "center", (240, 320)),
+        ("c3d", "center", (360, 640)),
+        ("c3d", "center", (720, 1280)),
+    ]:
+        print(f"  {model:12s} crops={str(crops):6s} {hw[1]}x{hw[0]} -> {bench_transform(model, crops, hw):8.1f}")
+
+
+if __name__ == "__main__":
+    main()
