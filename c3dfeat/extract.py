@@ -85,11 +85,18 @@ class ExtractReport:
     skipped: int = 0  # already in the file (resume)
     ok: int = 0
     failed: List[Tuple[str, str]] = field(default_factory=list)  # (id, reason) of this run
+    # (id, reason) of this run's inputs that failed in an earlier, interrupted run of it
+    failed_before: List[Tuple[str, str]] = field(default_factory=list)
     clips: int = 0
     seconds: float = 0.0
     random_init: List[str] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
     device: str = "cpu"
+
+    @property
+    def any_failed(self) -> bool:
+        """True when any input of this run is recorded as failed (now or by an earlier run)."""
+        return bool(self.failed or self.failed_before)
 
     @property
     def clips_per_second(self) -> float:
@@ -507,6 +514,13 @@ def extract(
              max_pending=max_pending or max(16, 4 * workers))
     finally:
         writer.close()
+    if report.skipped:
+        from c3dfeat.store import FeatureFile
+
+        mine = {v.id for _, v in indexed}
+        new = {vid for vid, _ in report.failed}
+        with FeatureFile(output) as ff:
+            report.failed_before = [(v, e) for v, e in ff.failed if v in mine and v not in new]
     report.seconds = time.monotonic() - t0
     return report
 

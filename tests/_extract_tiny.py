@@ -11,6 +11,8 @@ with `tiny3d_id`). Layers:
 """
 from __future__ import annotations
 
+import os
+import time
 from typing import Dict, Sequence
 
 import torch
@@ -28,6 +30,9 @@ class Tiny3D(nn.Module):
 
     def forward_layers(self, x: torch.Tensor, layers: Sequence[str]) -> Dict[str, torch.Tensor]:
         out: Dict[str, torch.Tensor] = {}
+        delay = float(os.environ.get("TINY3D_SLEEP", "0"))  # slows runs down for the kill tests
+        if delay:
+            time.sleep(delay)
         if "input" in layers:
             out["input"] = x.flatten(1).clone()
         if "pool" in layers:

@@ -28,8 +28,9 @@ Rerunning the same command resumes (only missing videos are extracted); other se
 are refused unless --overwrite.
 
 \b
-Exit codes: 0 every video extracted; 3 some videos failed (listed at the end and in the
-file, `c3dfeat info`); 1 an error stopped the run (nothing half-written: committed videos
+Exit codes: 0 every video extracted; 3 some videos failed, in this run or in an
+earlier interrupted run of the same command (listed at the end and in the file,
+`c3dfeat info`); 1 an error stopped the run (nothing half-written: committed videos
 stay); 2 bad usage.
 """
 
@@ -129,7 +130,7 @@ def extract_command(inputs, output, models, layers, device, dtype, batch_size, w
     finally:
         finish()
     _summary(report, err)
-    if report.failed:
+    if report.any_failed:
         sys.exit(EXIT_SOME_FAILED)
 
 
@@ -191,6 +192,11 @@ def _summary(report, err) -> None:
     if report.failed:
         err.print(f"[red]{len(report.failed)} video(s) failed:[/red]")
         for vid, reason in report.failed:
+            err.print(f"  {vid}: {reason}", markup=False)
+    if report.failed_before:
+        err.print(f"[red]{len(report.failed_before)} video(s) had failed in an earlier run of this command "
+                  "(kept as failed; --overwrite retries them):[/red]")
+        for vid, reason in report.failed_before:
             err.print(f"  {vid}: {reason}", markup=False)
 
 

@@ -1,0 +1,95 @@
+"""Kill an extraction with SIGKILL at several points, rerun the same command, compare with an
+uninterrupted run: every dataset must be equal (bit for bit)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from c3dfeat.errors import StoreError
+from c3dfeat.store import FeatureFile
+from tests.synth import make_broken, make_video
+from tests.test_store import _assert_same_datasets
+
+pytest.importorskip("av")
+pytest.importorskip("decord")
+
+REPO = Path(__file__).resolve().parents[1]
+_MAIN = (
+    "import sys; sys.path.insert(0, {repo!r}); import tests._extract_tiny; "
+    "from c3dfeat.cli import main; sys.argv[0] = 'c3dfeat'; main()"
+)
+
+
+def _cmd(videos: Path, out: Path):
+    return [sys.executable, "-c", _MAIN.format(repo=str(REPO)), "extract", str(videos), "-o", str(out),
+            "--model", "tiny3d:conv,input", "--random-init", "--device", "cpu", "--batch-size", "2", "-q"]
+
+
+def _committed(out: Path) -> int:
+    try:
+        with FeatureFile(out) as ff:
+            return ff.num_videos
+    except (StoreError, OSError, KeyError):
+        return -1
+
+
+def _run_until(cmd, out: Path, condition, timeout: float = 120.0) -> bool:
+    """Start `cmd`, SIGKILL it as soon as `condition(out)` holds; True if it was killed."""
+    env = dict(os.environ, TINY3D_SLEEP="0.04")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    t0 = time.monotonic()
+    try:
+        while proc.poll() is None and time.monotonic() - t0 < timeout:
+            if condition(out):
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return True
+            time.sleep(0.01)
+        return False
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    d = tmp_path_factory.mktemp("resume")
+    for i in range(8):
+        # v5 is long (39 clips): the third kill lands in the middle of it
+        make_video(d / f"v{i}.mp4", 80 if i == 5 else 6 + 3 * i, size=(32, 32), noise=10)
+    make_broken(d, "text")  # a failed video is committed too
+    return d
+
+
+def test_sigkill_at_several_points_then_resume_equals_uninterrupted(tmp_path, videos):
+    from tests import _extract_tiny  # noqa: F401
+    from c3dfeat.extract import extract
+
+    ref = tmp_path / "ref.h5"
+    extract([videos], ref, [("tiny3d", ["conv", "input"])], random_init=True, device="cpu", batch_size=2)
+    out = tmp_path / "out.h5"
+    cmd = _cmd(videos, out)
+    # 1) as soon as the file exists (before or during the first commits)
+    assert _run_until(cmd, out, lambda p: p.exists())
+    # 2) after at least 2 committed videos
+    assert _run_until(cmd, out, lambda p: _committed(p) >= 2)
+    n2 = _committed(out)
+    assert n2 >= 2
+    # 3) in the middle of the long video: text.mp4, v0..v4 committed, v5 (~0.8 s) being extracted
+    assert _run_until(cmd, out, lambda p: _committed(p) >= 6)
+    assert _committed(out) == 6
+    # finish: the same command, to the end
+    proc = subprocess.run(cmd, env=dict(os.environ), capture_output=True, text=True)
+    # text.mp4 failed (in the first run: ids sort before v*): still exit code 3, and listed
+    assert proc.returncode == 3, proc.stderr
+    assert "earlier run" in proc.stderr and "text.mp4" in proc.stderr
+    _assert_same_datasets(out, ref)
+    with FeatureFile(out) as ff:
+        assert ff.num_videos == 9 and [v for v, _ in ff.failed] == ["text.mp4"]
