@@ -535,9 +535,16 @@ def test_caffe2_mismatches_name_the_blob(c2_file):
 def test_caffe2_cli_convert_infers_classes(c2_file, tmp_path):
     name, path, table, blobs = c2_file
     arch = name.split(".")[0]
+    from click.testing import CliRunner
+
+    from c3dfeat.cli import cli
+
     out = tmp_path / "converted.pth"
-    fmt, _ = convert_file(path, arch, out)  # no tag: the head's size comes from last_out_L{N}
-    assert fmt == "caffe2_pkl"
+    # no tag: the head's size comes from last_out_L{N}
+    r = CliRunner().invoke(cli, ["weights", "convert", str(path), "--model", arch, "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "(caffe2_pkl)" in r.stdout
+    assert [p.name for p in tmp_path.iterdir()] == ["converted.pth"]  # no temporary left
     sd = torch.load(out, weights_only=True)
     blob, key = table[-2]
     assert torch.equal(sd[key], torch.from_numpy(blobs[blob]))

@@ -80,8 +80,3 @@ def unwrap_state_dict(obj, where: str) -> Dict[str, torch.Tensor]:
         raise WeightsError(f"{where} does not hold a state_dict (a dict of tensors)")
     return dict(obj)
 
-
-def torch_flavour(path: os.PathLike) -> str:
-    """"pytorchvideo" if the file is a dict with "model_state", else "state_dict"."""
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    return "pytorchvideo" if isinstance(obj, dict) and "model_state" in obj else "state_dict"
