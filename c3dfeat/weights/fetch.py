@@ -114,6 +114,8 @@ def _fetch(url: str, dst: Path, label: str, progress: bool) -> None:
 def _transient(e: BaseException) -> bool:
     if isinstance(e, urllib.error.HTTPError):
         return e.code >= 500 or e.code in (408, 429)
+    if isinstance(e, urllib.error.URLError) and isinstance(e.reason, socket.gaierror):
+        return False  # name resolution failed: offline; retrying only delays the message
     return isinstance(
         e, (_Truncated, urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, socket.timeout)
     )
@@ -150,9 +152,11 @@ def download_checkpoint(
     target_dir.mkdir(parents=True, exist_ok=True)
     final = target_dir / ckpt.file_name
     errors: List[str] = []
-    mismatch: Optional[ChecksumError] = None
+    mismatches = 0
     for url in ckpt.urls:
+        attempts = 0
         for attempt in range(len(RETRY_BACKOFF_S) + 1):
+            attempts += 1
             tmp = target_dir / f".{ckpt.file_name}.{uuid.uuid4().hex}.download"
             try:
                 _fetch(url, tmp, ckpt.file_name, progress)
@@ -160,14 +164,15 @@ def download_checkpoint(
                 status = hashing.check_digest(ckpt, digest, None, url)
                 os.replace(tmp, final)
             except ChecksumError as e:
-                mismatch = e
-                errors.append(f"{url}: {e}")
+                mismatches += 1
+                errors.append(str(e))
                 break  # a mirror serving other bytes will not change on retry
             except Exception as e:  # noqa: BLE001 - classified below
-                errors.append(f"{url}: {type(e).__name__}: {e}")
                 if _transient(e) and attempt < len(RETRY_BACKOFF_S):
                     time.sleep(RETRY_BACKOFF_S[attempt])
                     continue
+                tries = f" ({attempts} attempts)" if attempts > 1 else ""
+                errors.append(f"{url}: {type(e).__name__}: {e}{tries}")
                 break
             finally:
                 tmp.unlink(missing_ok=True)
@@ -183,11 +188,11 @@ def download_checkpoint(
                 )
                 status = hashing.VERIFIED_RECORDED
             return hashing.Verification(final, digest, status)
-    if mismatch is not None and len(errors) == len(ckpt.urls):
-        raise ChecksumError(f"{name}: every mirror served a file with the wrong hash; nothing was kept. " + "; ".join(errors))
+    if mismatches == len(ckpt.urls):
+        raise ChecksumError(f"{name}: nothing was kept; " + "; ".join(errors))
     raise WeightsNotFoundError(
         f"cannot download {name} ({ckpt.file_name}): " + "; ".join(errors) + ". "
         f"If this machine is offline, fetch {' or '.join(ckpt.urls)} elsewhere and run "
-        f"`{import_command(name, ckpt)}` (files are looked up in {target_dir} and the other weights "
-        "directories listed by `c3dfeat weights list`)"
+        f"`{import_command(name, ckpt)}`, or put the file into {target_dir}"
     )
+
