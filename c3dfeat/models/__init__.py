@@ -8,6 +8,13 @@ from c3dfeat.models._registry import (
     register_model as register_model,
     split_name as split_name,
 )
+from c3dfeat.models._info import (
+    gflops_per_clip as gflops_per_clip,
+    layer_shapes as layer_shapes,
+    model_info as model_info,
+    num_params as num_params,
+)
+from c3dfeat.models._layers import ClipSizeError as ClipSizeError
 from c3dfeat.models._spec import (
     Checkpoint as Checkpoint,
     LayerSpec as LayerSpec,

@@ -6,7 +6,12 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from c3dfeat.errors import UnknownLayerError
+from c3dfeat.errors import C3DFeatError, UnknownLayerError
+
+
+class ClipSizeError(C3DFeatError, ValueError):
+    """The clip does not fit a fixed-size layer of the reference network (C3D's fc6 wants an
+    8192-d pool5, pytorchvideo's head a (4,7,7) pooling window)."""
 
 # A forward pass as an ordered list of steps `(name, fn)` or `(name, fn, tap)`: `fn` maps the
 # running tensor on; a step that produces a feature layer names it, and `tap` (optional) derives

@@ -9,11 +9,13 @@ Differences from the popular PyTorch ports, all deliberate (models.md §1, §8):
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import List, Sequence
 
 import torch
 import torch.nn as nn
 
+from c3dfeat.models._common import SPORTS1M_LABELS as _SPORTS1M_LABELS
+from c3dfeat.models._layers import ClipSizeError, LayerwiseModel, Step
 from c3dfeat.models._registry import register_model
 from c3dfeat.models._spec import Checkpoint, LayerSpec, ModelSpec, Preprocessing
 
@@ -32,8 +34,10 @@ _CONVS = (  # (name, in, out, pool after it: kernel or None)
 _POOL_NAMES = {"conv1": "pool1", "conv2": "pool2", "conv3b": "pool3", "conv4b": "pool4", "conv5b": "pool5"}
 
 
-class C3D(nn.Module):
+class C3D(LayerwiseModel):
     """C3D with the DavideA `c3d.pickle` key names (conv1 ... conv5b, fc6, fc7, fc8)."""
+
+    layer_names = ("conv5b", "pool5", "fc6", "fc7", "logits")
 
     def __init__(self, num_classes: int = 487) -> None:
         super().__init__()
@@ -47,39 +51,33 @@ class C3D(nn.Module):
         self.fc8 = nn.Linear(4096, num_classes)
         self.relu = nn.ReLU()
 
-    def forward_layers(self, x: torch.Tensor, layers: Sequence[str]) -> Dict[str, torch.Tensor]:
-        """Canonical layers in `layers` from one pass; stops after the deepest one."""
-        wanted = set(layers)
-        out: Dict[str, torch.Tensor] = {}
+    def _block(self, names: Sequence[str]):
+        def run(x: torch.Tensor) -> torch.Tensor:
+            for name in names:
+                x = self.relu(getattr(self, name)(x))
+                if name in _POOL_NAMES and name != "conv5b":
+                    x = getattr(self, _POOL_NAMES[name])(x)
+            return x
 
-        def keep(name: str, value: torch.Tensor) -> bool:
-            if name in wanted:
-                out[name] = value
-            return len(out) == len(wanted)
+        return run
 
-        for name, _, _, pool in _CONVS:
-            x = self.relu(getattr(self, name)(x))
-            if pool is not None:
-                if name == "conv5b" and keep("conv5b", x):
-                    return out
-                x = getattr(self, _POOL_NAMES[name])(x)
-        if keep("pool5", x):
-            return out
-        x = self.relu(self.fc6(x.flatten(1)))  # dropout is the identity at test time
-        if keep("fc6", x):
-            return out
-        x = self.relu(self.fc7(x))
-        if keep("fc7", x):
-            return out
-        keep("logits", self.fc8(x))
-        return out
+    def _fc6(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1:] != (512, 1, 4, 4):
+            raise ClipSizeError(
+                f"C3D's fc6 needs a 512x1x4x4 pool5 (16x112x112 clips); got {tuple(x.shape[1:])} "
+                "- use conv5b/pool5 for other clip sizes"
+            )
+        return self.relu(self.fc6(x.flatten(1)))  # relu6 in place; drop6 is the identity at test time
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (fc8-1, before the softmax `prob` layer)."""
-        return self.forward_layers(x, ["logits"])["logits"]
+    def _steps(self) -> List[Step]:
+        return [
+            ("conv5b", self._block([c[0] for c in _CONVS])),  # after relu5b, before pool5
+            ("pool5", self.pool5),
+            ("fc6", self._fc6),
+            ("fc7", lambda x: self.relu(self.fc7(x))),
+            ("logits", self.fc8),
+        ]
 
-
-_SPORTS1M_LABELS = "https://raw.githubusercontent.com/gtoderici/sports-1m-dataset/master/labels.txt"
 
 C3D_SPEC = register_model(
     ModelSpec(

@@ -18,17 +18,12 @@ from typing import List, Literal, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from c3dfeat.errors import C3DFeatError
 from c3dfeat.models._common import KINETICS400_LABELS_PYSLOWFAST, LOGITS_ALIASES
-from c3dfeat.models._layers import LayerwiseModel, Step
+from c3dfeat.models._layers import ClipSizeError, LayerwiseModel, Step
 from c3dfeat.models._registry import register_model
 from c3dfeat.models._spec import Checkpoint, LayerSpec, ModelSpec, Preprocessing
 
 __all__ = ["PTVResNet", "csn_r101", "r2plus1d_r50"]
-
-
-class InputTooSmallError(C3DFeatError, ValueError):
-    """The clip is smaller than a fixed-size pooling window of the reference network."""
 
 
 class Conv2plus1d(nn.Module):
@@ -118,7 +113,7 @@ class ResNetBasicHead(nn.Module):
     def pool_map(self, x: torch.Tensor) -> torch.Tensor:
         k = self.pool.kernel_size
         if any(d < kk for d, kk in zip(x.shape[2:], k)):
-            raise InputTooSmallError(
+            raise ClipSizeError(
                 f"res5 map {tuple(x.shape[2:])} is smaller than the reference head's AvgPool3d{tuple(k)}; "
                 "use clips of at least the model's canonical size (see `c3dfeat models`)"
             )
