@@ -436,3 +436,25 @@ def test_codecs_encode_only_for_latin1():
     assert b"_codecs" in data
     with pytest.raises(UnsafePickleError, match="rot13"):
         safe_loads(data)
+
+
+def test_detect_format_from_contents(tmp_path):
+    from c3dfeat.weights.formats import detect_format
+
+    cases = {
+        "zip": _tiny_bytes(0)[0],
+        "legacy": _tiny_bytes(0, legacy=True)[0],
+        "p2": pickle.dumps({"blobs": {}}, protocol=2),
+        "p0": pickle.dumps({"blobs": {}}, protocol=0),  # Python 2's default protocol
+        "v1": b"\x0a\x03net\x12\x06\x22\x04conv",  # name=1, layers=2 {name=4}
+        "v11": b"\x0a\x03net\xa2\x06\x06\x0a\x04conv",  # name=1, layer=100 {name=1}
+        "mean": b"\x08\x01\x10\x01\x18\x01\x20\x01\x28\x01\x32\x04\x00\x00\x80\x3f",
+    }
+    want = {"zip": "torch", "legacy": "torch", "p2": "caffe2_pkl", "p0": "caffe2_pkl",
+            "v1": "caffe_v1", "v11": "caffe_v11", "mean": "caffe_mean"}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        assert detect_format(tmp_path / name) == want[name], name
+    (tmp_path / "junk").write_bytes(b"\xff\xfe not a checkpoint")
+    with pytest.raises(WeightsError, match="cannot tell the format"):
+        detect_format(tmp_path / "junk")

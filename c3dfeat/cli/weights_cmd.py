@@ -45,7 +45,7 @@ def list_command(weights_dir: Optional[Path], no_hash: bool, as_json: bool, mark
       c3dfeat weights list
       c3dfeat weights list 'r2plus1d_34*' --json
     """
-    from c3dfeat.weights import all_checkpoints, checkpoint_status
+    from c3dfeat.weights import all_checkpoints, statuses
     from c3dfeat.weights.hashing import hash_knowledge
 
     if markdown:
@@ -58,22 +58,20 @@ def list_command(weights_dir: Optional[Path], no_hash: bool, as_json: bool, mark
                 f"{hash_knowledge(ckpt)} | {urls} |"
             )
         return
-    rows = []
-    for name, ckpt in all_checkpoints(pattern):
-        st = checkpoint_status(name, ckpt, weights_dir, hash_files=not no_hash)
-        rows.append(
-            {
-                "name": name,
-                "file": ckpt.file_name,
-                "format": ckpt.format,
-                "classes": ckpt.num_classes,
-                "published_hash": hash_knowledge(ckpt),
-                "path": str(st.path) if st.path else None,
-                "status": st.status,
-                "sha256": st.digest,
-                "urls": list(ckpt.urls),
-            }
-        )
+    rows = [
+        {
+            "name": st.name,
+            "file": st.checkpoint.file_name,
+            "format": st.checkpoint.format,
+            "classes": st.checkpoint.num_classes,
+            "published_hash": hash_knowledge(st.checkpoint),
+            "path": str(st.path) if st.path else None,
+            "status": st.status,
+            "sha256": st.digest,
+            "urls": list(st.checkpoint.urls),
+        }
+        for st in statuses(pattern, weights_dir, hash_files=not no_hash)
+    ]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -137,17 +135,12 @@ def verify_command(pattern: str, weights_dir: Optional[Path]) -> None:
       c3dfeat weights verify
       c3dfeat weights verify 'c3d.*' --weights-dir /data/weights
     """
-    from c3dfeat.weights import all_checkpoints, checkpoint_status
+    from c3dfeat.weights import statuses
 
-    bad = checked = 0
-    for name, ckpt in all_checkpoints(pattern):
-        st = checkpoint_status(name, ckpt, weights_dir)
-        if st.path is None:
-            continue
-        checked += 1
-        click.echo(f"{name}: {st.status} {st.path}")
-        bad += st.status.startswith("MISMATCH")
-    click.echo(f"{checked} present, {bad} mismatched", err=True)
+    present = [st for st in statuses(pattern, weights_dir) if st.path is not None]
+    bad = [st for st in present if st.status.startswith("MISMATCH")]
+    click.echo("\n".join(f"{st.name}: {st.status} {st.path}" for st in present))
+    click.echo(f"{len(present)} present, {len(bad)} mismatched", err=True)
     if bad:
         raise click.exceptions.Exit(1)
 

@@ -18,6 +18,7 @@ from c3dfeat.weights.loading import (
     load_state_dict_strict as load_state_dict_strict,
     resolve_checkpoint_file as resolve_checkpoint_file,
     state_dict_from_file as state_dict_from_file,
+    statuses as statuses,
 )
 from c3dfeat.weights.paths import (
     cache_dir as cache_dir,

@@ -178,7 +178,6 @@ def import_file(
     name: str,
     weights_dir: Optional[PathLike] = None,
     allow_unverified: bool = False,
-    move: bool = False,
 ) -> hashing.Verification:
     """Copy `src` into the weights directory as checkpoint `name` ("model.tag"), verified.
 
@@ -219,8 +218,6 @@ def import_file(
             os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
-        if move:
-            src.unlink()
     hashing.write_record(final, digest)
     if status == hashing.UNVERIFIED:
         print(f"c3dfeat: {full}: no published hash; recorded SHA-256 {digest} for {final}", file=sys.stderr)
@@ -264,6 +261,11 @@ def checkpoint_status(name: str, ckpt: Checkpoint, weights_dir: Optional[PathLik
     except ChecksumError as e:
         return CheckpointStatus(name, ckpt, local, f"MISMATCH: {e}")
     return CheckpointStatus(name, ckpt, local, v.status, v.digest)
+
+
+def statuses(pattern: str = "*", weights_dir: Optional[PathLike] = None, hash_files: bool = True) -> List[CheckpointStatus]:
+    """:func:`checkpoint_status` of every known checkpoint matching `pattern` (for `weights list/verify`)."""
+    return [checkpoint_status(name, c, weights_dir, hash_files) for name, c in all_checkpoints(pattern)]
 
 
 def convert_file(src: PathLike, name: str, dst: PathLike) -> Tuple[str, str]:
