@@ -5,13 +5,10 @@ just the messages needed (models.md §7.2, §7.3; field numbers from facebookarc
 `C3D-v1.0/src/caffe/proto/caffe.proto` and `C3D-v1.1/src/caffe/proto/caffe.proto`). Unknown fields
 (solver settings, layer parameters we do not need) are skipped by protobuf.
 
-One deliberate liberty: the packed `repeated float data` fields are declared here as
-`repeated bytes`. A packed field is one length-delimited record on the wire, exactly like a bytes
-field, so protobuf hands us the raw little-endian payload and `np.frombuffer` reads it in place —
-instead of materialising 80 million Python floats for C3D (seconds and gigabytes). Several packed
-records of one field are concatenated, as the protobuf spec requires. A writer that emitted the
-floats unpacked (wire type 5, allowed by the spec) would leave the bytes field short; such a blob is
-re-parsed with the plain `repeated float` declaration (slow, correct).
+The float payloads are plain `repeated float ... [packed = true]` fields, so both packed and
+unpacked encodings (and packed fields split over several records) parse as the spec says; with the
+default upb backend `np.array(blob.data)` copies them out in bulk (C3D, 80 M floats: ~0.5 s to
+parse and ~0.3 s to copy on this machine).
 """
 from __future__ import annotations
 
@@ -22,6 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from c3dfeat.errors import ConversionError, WeightsError
+
 
 @dataclass
 class CaffeLayer:
@@ -57,17 +55,16 @@ def _field(msg, name: str, number: int, ftype: str, label: str = "optional", typ
         f.default_value = default
 
 
-def _build(package: str, float_data: bool):
-    """Message classes for one schema. `float_data=False` declares packed floats as bytes (see above)."""
+def _build(package: str):
+    """Message classes for one schema (only the fields c3dfeat reads; others are skipped)."""
     d2, descriptor_pool, message_factory = _protobuf()
     fd = d2.FileDescriptorProto(name=f"c3dfeat_{package}.proto", package=f"c3dfeat.{package}", syntax="proto2")
-    data_type, data_label = ("float", "repeated") if float_data else ("bytes", "repeated")
     p = f".c3dfeat.{package}."
     if package == "caffe_v10":
         blob = fd.message_type.add(name="BlobProto")
         for i, n in enumerate(("num", "channels", "length", "height", "width"), start=1):
             _field(blob, n, i, "int32", default="0")
-        _field(blob, "data", 6, data_type, data_label)
+        _field(blob, "data", 6, "float", "repeated")
         layer = fd.message_type.add(name="LayerParameter")
         _field(layer, "bottom", 2, "string", "repeated")
         _field(layer, "top", 3, "string", "repeated")
@@ -84,9 +81,9 @@ def _build(package: str, float_data: bool):
         blob = fd.message_type.add(name="BlobProto")
         for i, n in enumerate(("num", "channels", "height", "width"), start=1):
             _field(blob, n, i, "int32", default="0")
-        _field(blob, "data", 5, data_type, data_label)
+        _field(blob, "data", 5, "float", "repeated")
         _field(blob, "shape", 7, "message", type_name=p + "BlobShape")
-        _field(blob, "double_data", 8, "double" if float_data else "bytes", "repeated")
+        _field(blob, "double_data", 8, "double", "repeated")
         bn = fd.message_type.add(name="BatchNormParameter")
         _field(bn, "use_global_stats", 1, "bool")
         _field(bn, "moving_average_fraction", 2, "float", default="0.999")
@@ -101,24 +98,22 @@ def _build(package: str, float_data: bool):
         net = fd.message_type.add(name="NetParameter")
         _field(net, "name", 1, "string")
         _field(net, "layer", 100, "message", "repeated", p + "LayerParameter")
-    if float_data:
-        for m in fd.message_type:
-            for f in m.field:
-                if f.name in ("data", "double_data"):
-                    f.options.packed = True
+    for m in fd.message_type:  # [packed = true] as in caffe.proto (parsers accept both encodings)
+        for f in m.field:
+            if f.name in ("data", "double_data"):
+                f.options.packed = True
     pool = descriptor_pool.DescriptorPool()
     pool.Add(fd)
     return {m.name: message_factory.GetMessageClass(pool.FindMessageTypeByName(p[1:] + m.name)) for m in fd.message_type}
 
 
-_CLASSES: Dict[Tuple[str, bool], dict] = {}
+_CLASSES: Dict[str, dict] = {}
 
 
-def _classes(package: str, float_data: bool = False) -> dict:
-    key = (package, float_data)
-    if key not in _CLASSES:
-        _CLASSES[key] = _build(package, float_data)
-    return _CLASSES[key]
+def _classes(package: str) -> dict:
+    if package not in _CLASSES:
+        _CLASSES[package] = _build(package)
+    return _CLASSES[package]
 
 
 # ----------------------------------------------------------------------------- blobs
@@ -130,23 +125,12 @@ def _blob_array(blob, package: str, where: str) -> np.ndarray:
     else:  # legacy 4-D fields
         shape = (blob.num, blob.channels, blob.height, blob.width)
     count = int(np.prod(shape, dtype=np.int64)) if shape else 0
-    raw = b"".join(blob.data)
-    dtype = "<f4"
-    if not raw and package == "caffe_v11" and len(blob.double_data):
-        raw, dtype = b"".join(blob.double_data), "<f8"
-    itemsize = np.dtype(dtype).itemsize
-    if len(raw) != count * itemsize:
-        # Unpacked floats (or a truncated record): parse this blob again with the plain schema.
-        full = _classes(package, float_data=True)["BlobProto"]()
-        full.ParseFromString(blob.SerializeToString())
-        values = np.asarray(full.data, dtype=np.float32)
-        if values.size == 0 and package == "caffe_v11":
-            values = np.asarray(full.double_data, dtype=np.float64)
-        if values.size != count:
-            raise ConversionError(f"{where}: blob of shape {shape} holds {values.size} values, expected {count}")
-        return values.reshape(shape).astype(np.float32)
-    arr = np.frombuffer(raw, dtype=dtype).reshape(shape)
-    return arr.astype(np.float32) if dtype != "<f4" else arr.astype(np.float32, copy=True)
+    values = np.array(blob.data, dtype=np.float32)
+    if values.size == 0 and package == "caffe_v11" and len(blob.double_data):
+        values = np.array(blob.double_data, dtype=np.float64).astype(np.float32)
+    if values.size != count:
+        raise ConversionError(f"{where}: blob of shape {shape} holds {values.size} values, expected {count}")
+    return values.reshape(shape)
 
 
 def _parse(package: str, message: str, data: bytes, path: str):

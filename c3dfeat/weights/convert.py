@@ -43,8 +43,8 @@ def _fit(arr: np.ndarray, shape: Tuple[int, ...], blob: str, key: str) -> torch.
             f"blob {blob!r} has shape {tuple(arr.shape)}, but {key} needs {tuple(shape)}; "
             "is this checkpoint for another model or class count?"
         )
-    if a.dtype != np.float32 or not a.flags.c_contiguous or not a.flags.writeable or a.base is not None:
-        a = np.array(a, dtype=np.float32, copy=True)  # own, writable memory (no aliasing of views)
+    if a.dtype != np.float32 or not a.flags.c_contiguous or not a.flags.writeable:
+        a = np.array(a, dtype=np.float32, copy=True)  # torch.from_numpy needs writable memory
     return torch.from_numpy(a)
 
 
