@@ -159,12 +159,19 @@ class ClipTransform:
         if (rh, rw) == (h, w):
             img = x[:, y0:y1, x0:x1].permute(3, 0, 1, 2).to(torch.float32)
         else:
-            # F.interpolate itself, on a contiguous float NCHW copy: the very kernel torchvision's
-            # preset runs, so the rounded result is bit-identical to it (a hand-written gather
-            # was ~1.7x faster but differs by 1-2 ulp, flipping a few roundings per frame).
-            img = x.permute(0, 3, 1, 2).contiguous().to(torch.float32)
-            img = F.interpolate(img, size=(rh, rw), mode="bilinear", align_corners=False, antialias=self.pre.antialias)
-            img = img[:, :, y0:y1, x0:x1].permute(1, 0, 2, 3)
+            if (
+                not self.pre.antialias
+                and x.device.type == "cpu"
+                and h * w >= _GATHER_MIN_RATIO * (y1 - y0) * (x1 - x0)
+                and _fast_bilinear_is_exact(h, w, rh, rw)
+            ):
+                # Only the pixels the crops need, gathered from uint8: cost ~ output size, not
+                # input size (a 1280x720 frame is not converted to float). Same result.
+                img = _bilinear_gather(x, (rh, rw), (y0, y1), (x0, x1)).permute(3, 0, 1, 2)
+            else:
+                img = x.permute(0, 3, 1, 2).contiguous().to(torch.float32)
+                img = F.interpolate(img, size=(rh, rw), mode="bilinear", align_corners=False, antialias=self.pre.antialias)
+                img = img[:, :, y0:y1, x0:x1].permute(1, 0, 2, 3)
             if self.quantize_resize:
                 # what uint8 output does in cv::resize / torchvision F.resize: round to whole levels
                 img = img.round_()
@@ -210,3 +217,79 @@ class ClipTransform:
             self._cube_crops[key] = torch.stack(crops) / self._std
         return self._cube_crops[key]
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Bilinear resize by gathering: the same float32 arithmetic as PyTorch's CPU kernel
+#
+# F.interpolate(bilinear, align_corners=False, antialias=False) on CPU computes, per output
+# pixel (aten/src/ATen/native/cpu/UpSampleKernel.cpp, `Interpolate<.., 2>` and
+# `compute_source_index_and_lambda`), in float32 with fused multiply-adds where the compiler
+# contracts them:
+#     real = fma(scale, dst + 0.5, -0.5)     scale = float(in) / out, clamped at 0
+#     i0 = floor(real), i1 = i0 + (i0 < in - 1), w1 = real - i0, w0 = 1 - w1
+#     row = fma(p[i0], wx0, p[i1] * wx1);  out = fma(row0, wy0, row1 * wy1)
+# Emulating that (an fma is exact in float64, then rounded once to float32) on only the
+# pixels the crops need is several times faster than converting whole frames to float, and the
+# result is bit-identical (checked on torch 2.13 CPU with 2+ threads). Because the kernel's
+# arithmetic depends on how PyTorch was built and even on the thread count (with one thread it
+# takes another path whose rounding we do not reproduce), each (geometry, threads) pair is
+# checked against F.interpolate on random frames first; on any difference F.interpolate itself
+# is used. Either way the output equals F.interpolate's.
+
+_FAST_OK: dict = {}
+# The gather costs ~3x more per output pixel than F.interpolate's kernel, but nothing per input
+# pixel: it wins only for frames much larger than the crops (1280x720 -> C3D: 2.7x faster;
+# 320x240 -> C3D: 2.5x slower; scripts/bench_video.py).
+_GATHER_MIN_RATIO = 20
+
+
+def _fma(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    return (a.to(torch.float64) * b.to(torch.float64) + c.to(torch.float64)).to(torch.float32)
+
+
+def _linear_weights(out_size: int, in_size: int, start: int, stop: int):
+    scale = torch.tensor(float(in_size), dtype=torch.float32) / out_size
+    d = torch.arange(start, stop, dtype=torch.float32) + 0.5
+    real = _fma(scale.expand_as(d), d, torch.full_like(d, -0.5)).clamp_(min=0)
+    i0 = real.floor().to(torch.long).clamp_(max=in_size - 1)
+    w1 = (real - i0.to(torch.float32)).clamp_(0, 1)
+    w0 = 1 - w1
+    i1 = i0 + (i0 < in_size - 1).to(torch.long)
+    return i0, i1, w0, w1
+
+
+def _bilinear_gather(x: torch.Tensor, size: Tuple[int, int], rows: Tuple[int, int], cols: Tuple[int, int]) -> torch.Tensor:
+    """uint8 (n, H, W, 3) → float32 (n, rows, cols, 3): output rows rows[0]..rows[1]-1 and
+    columns cols[0]..cols[1]-1 of the bilinear resize to `size` (see above)."""
+    n, h, w, _ = x.shape
+    yi0, yi1, wy0, wy1 = _linear_weights(size[0], h, *rows)
+    xi0, xi1, wx0, wx1 = _linear_weights(size[1], w, *cols)
+    wx0d, wx1 = wx0.to(torch.float64).view(1, 1, -1, 1), wx1.view(1, 1, -1, 1)
+    wy0d, wy1 = wy0.to(torch.float64).view(1, -1, 1, 1), wy1.view(1, -1, 1, 1)
+
+    xn = x.numpy()  # numpy's take gathers uint8 pixels far faster than torch's index_select here
+    xi0n, xi1n = xi0.numpy(), xi1.numpy()
+
+    def hblend(r: np.ndarray) -> torch.Tensor:  # fma(p[i0], wx0, p[i1] * wx1)
+        right = torch.from_numpy(np.take(r, xi1n, axis=2)).to(torch.float32).mul_(wx1)
+        left = torch.from_numpy(np.take(r, xi0n, axis=2)).to(torch.float64).mul_(wx0d)
+        return left.add_(right).to(torch.float32)
+
+    top = hblend(np.take(xn, yi0.numpy(), axis=1))
+    bottom = hblend(np.take(xn, yi1.numpy(), axis=1)).mul_(wy1)
+    return top.to(torch.float64).mul_(wy0d).add_(bottom).to(torch.float32)
+
+
+def _fast_bilinear_is_exact(h: int, w: int, rh: int, rw: int) -> bool:
+    # PyTorch's kernel itself gives different float32 results with 1 intra-op thread than with
+    # several (torch 2.13, AVX512 build), so the thread count is part of the key.
+    key = (h, w, rh, rw, torch.get_num_threads())
+    if key not in _FAST_OK:
+        gen = torch.Generator().manual_seed(h * 7919 + w)
+        probe = torch.randint(0, 256, (2, h, w, 3), generator=gen, dtype=torch.uint8)
+        ref = F.interpolate(
+            probe.permute(0, 3, 1, 2).contiguous().to(torch.float32), size=(rh, rw), mode="bilinear", align_corners=False
+        ).permute(0, 2, 3, 1)
+        _FAST_OK[key] = bool(torch.equal(_bilinear_gather(probe, (rh, rw), (0, rh), (0, rw)), ref))
+    return _FAST_OK[key]

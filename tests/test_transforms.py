@@ -193,3 +193,23 @@ def test_errors():
         ClipTransform(dataclasses.replace(R3D, resize=64))(np.zeros((1, 50, 60, 3), np.uint8))
     with pytest.raises(ConfigError, match=r"\(n, H, W, 3\)"):
         ClipTransform(R3D).frames(np.zeros((2, 3, 50, 60), np.uint8))
+
+
+@pytest.mark.parametrize("hw", [(720, 1280), (1080, 1440)])
+def test_large_frames_gather_path_equals_f_interpolate(hw, rng):
+    """HD frames take the uint8-gather resize (when it is bit-exact on this torch build and
+    thread count); either way the output must equal F.interpolate + round exactly."""
+    from c3dfeat import transforms as T
+
+    frames = rng.integers(0, 256, size=(2, *hw, 3), dtype=np.uint8)
+    out = ClipTransform(C3D)(frames)  # BGR, minus the per-channel mean
+    ref = F.interpolate(torch.from_numpy(frames).permute(0, 3, 1, 2).float(), size=(128, 171),
+                        mode="bilinear", align_corners=False).round()[:, :, 8:120, 29:141]
+    ref = ref.flip(1) - torch.tensor([B, G, R]).view(1, 3, 1, 1)
+    assert torch.equal(out[0], ref.permute(1, 0, 2, 3))
+    # direct check of the gather arithmetic on a window, where this build reproduces it
+    if T._fast_bilinear_is_exact(hw[0], hw[1], 128, 171):
+        x = torch.from_numpy(frames)
+        full = F.interpolate(x.permute(0, 3, 1, 2).float(), size=(128, 171), mode="bilinear", align_corners=False)
+        got = T._bilinear_gather(x, (128, 171), (5, 100), (20, 160)).permute(0, 3, 1, 2)
+        assert torch.equal(got, full[:, :, 5:100, 20:160])
