@@ -458,3 +458,24 @@ def test_detect_format_from_contents(tmp_path):
     (tmp_path / "junk").write_bytes(b"\xff\xfe not a checkpoint")
     with pytest.raises(WeightsError, match="cannot tell the format"):
         detect_format(tmp_path / "junk")
+
+
+def test_download_registered_architecture_end_to_end(server, monkeypatch, isolated):
+    """A full-size torchvision-layout checkpoint (mc3_18, 44 MiB) with a torch.hub-style prefix name."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    sd = create_model("mc3_18").state_dict()
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    body = buf.getvalue()
+    prefix = _sha(body)[:8]
+    spec = _registry._REGISTRY["mc3_18"]
+    ckpt = dataclasses.replace(spec.checkpoints[0], file_name=f"mc3_18-{prefix}.pth",
+                               urls=(server.url + "/mc3_18.pth",), sha256_prefix=prefix)
+    monkeypatch.setitem(_registry._REGISTRY, "mc3_18", dataclasses.replace(spec, checkpoints=(ckpt,)))
+    server.routes["/mc3_18.pth"] = ("ok", body)
+    model = create_model("mc3_18.kinetics400", pretrained=True)
+    assert model.weights_sha256 == _sha(body)
+    assert _equal(model, sd)
+    assert (isolated / f"mc3_18-{prefix}.pth.sha256").read_text().split()[0] == _sha(body)
