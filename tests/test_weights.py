@@ -479,3 +479,25 @@ def test_download_registered_architecture_end_to_end(server, monkeypatch, isolat
     assert model.weights_sha256 == _sha(body)
     assert _equal(model, sd)
     assert (isolated / f"mc3_18-{prefix}.pth.sha256").read_text().split()[0] == _sha(body)
+
+
+def test_strict_load_reports_what_does_not_fit(tmp_path):
+    from c3dfeat.errors import ConversionError
+
+    body, sd = _tiny_bytes(13)
+    p = tmp_path / "w.pth"
+    p.write_bytes(body)
+    with pytest.raises(ConversionError, match=r"wrong shape \(fc.weight \(5, 4\) vs \(3, 4\)"):
+        load_pretrained(Tiny(num_classes=3), None, p)
+    extra = dict(sd, **{"head.weight": torch.zeros(1)})
+    torch.save(extra, p)
+    with pytest.raises(ConversionError, match=r"unexpected 1 \(head.weight\)"):
+        load_pretrained(Tiny(), None, p)
+    # BatchNorm step counters are not weights: a checkpoint without them still loads strictly
+    torch.save({k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}, p)
+    model = load_pretrained(Tiny(), None, p)
+    assert _equal(model, sd)
+    del sd["fc.bias"]
+    torch.save(sd, p)
+    with pytest.raises(ConversionError, match=r"missing 1 \(fc.bias\)"):
+        load_pretrained(Tiny(), None, p)
