@@ -48,7 +48,7 @@ def _svm_options(f):
                                              "(l2 = the C3D paper's recipe)."),
         click.option("--C", "C", type=click.FloatRange(min=0, min_open=True), default=None,
                      help="Fix the SVM's C (default: chosen by CV on each training part)."),
-        click.option("--C-grid", "C_grid", default="0.01,0.1,1,10,100", show_default=True,
+        click.option("--C-grid", "C_grid", default="0.01,0.1,1,10,100,1000", show_default=True,
                      help="Comma-separated C values tried by the CV."),
         click.option("--cv-folds", type=click.IntRange(2, None), default=3, show_default=True,
                      help="Folds of the CV that chooses C (inside the training part)."),

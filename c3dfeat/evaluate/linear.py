@@ -18,7 +18,7 @@ from c3dfeat.evaluate.splits import Protocol, Split
 from c3dfeat.evaluate.svm import SOLVERS, accuracy, make_svm
 
 NORMS = ("l2", "none", "power-l2")
-DEFAULT_CS = (0.01, 0.1, 1.0, 10.0, 100.0)
+DEFAULT_CS = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
 
 
 def normalize(X: np.ndarray, norm: str = "l2") -> np.ndarray:
@@ -94,11 +94,11 @@ class EvalResult:
 
 def select_C(X: np.ndarray, y: np.ndarray, Cs: Sequence[float] = DEFAULT_CS, folds: int = 3,
              solver: str = "torch", device: str = "cpu", seed: int = 0,
-             early_stop: bool = True) -> tuple[float, Dict[float, float]]:
+             early_stop: bool = False) -> tuple[float, Dict[float, float]]:
     """Choose C by stratified k-fold CV on (X, y) — pass the TRAINING part only.
 
     Walks C upwards with warm starts; with ``early_stop`` the walk stops once the CV accuracy
-    falls below the best so far (accuracy is unimodal in C in practice), which skips the
+    falls strictly below the best so far (accuracy is unimodal in C in practice), which skips the
     expensive large-C fits. Ties go to the smaller C.
     """
     from sklearn.model_selection import StratifiedKFold
@@ -129,8 +129,8 @@ def select_C(X: np.ndarray, y: np.ndarray, Cs: Sequence[float] = DEFAULT_CS, fol
         scores[C] = 100.0 * float(np.mean(accs))
         if scores[C] > best + 1e-9:
             best_c, best = C, scores[C]
-        elif early_stop:
-            break
+        elif early_stop and scores[C] < best - 1e-9:
+            break  # past the peak; a tie (e.g. a chance-level plateau at small C) walks on
     return best_c, scores
 
 
