@@ -161,3 +161,32 @@ def test_decoder_noise_is_silenced(tmp_path, capfd):
 def test_unknown_backend(vids):
     with pytest.raises(VideoDecodeError, match="unknown video backend 'opencv'"):
         open_video(vids["h264"], "opencv")
+
+
+def test_pyav_seeks_by_key_frame_with_exact_indices(tmp_path):
+    """Sparse or backward requests seek to a key frame (MP4/MKV) and still give exact frames."""
+    import random
+
+    p = make_video(tmp_path / "g.mp4", 300, size=(32, 32), fps=30, gop=10, bframes=True)
+    rnd = random.Random(0)
+    with open_video(p, "pyav") as v, open_video(p, "decord") as ref:
+        assert v._pts_index is not None
+        for _ in range(20):
+            s = rnd.randrange(0, 300)
+            idx = sorted(rnd.sample(range(s, min(300, s + 40)), min(5, 300 - s)))
+            frames = v.get_frames(idx)
+            assert [frame_index(f) for f in frames] == idx
+            np.testing.assert_array_equal(frames, ref.get_frames(idx))
+        assert v.seeks > 5 and v.decoded < 20 * 40  # it did not decode from the start each time
+    with open_video(p, "pyav") as v:  # clips in order: no seeking at all, every frame once
+        for s in range(0, 300, 8):
+            assert [frame_index(f) for f in v.get_frames(range(s, min(300, s + 16)))] == list(range(s, min(300, s + 16)))
+        assert v.seeks == 0 and v.decoded == 300
+
+
+def test_pyav_never_seeks_in_avi(vids):
+    with open_video(vids["mpeg4_avi"], "pyav") as v:
+        assert v._pts_index is None
+        assert [frame_index(f) for f in v.get_frames([45])] == [45]
+        assert [frame_index(f) for f in v.get_frames([2])] == [2]  # restarts from frame 0
+        assert v.seeks == 0
