@@ -185,7 +185,7 @@ class ClipTransform:
         out = torch.stack(crops)  # (n_crops, 3, n, c, c), a new contiguous tensor
         if self._scale != 1.0:
             out.mul_(self._scale)
-        out.sub_(self._mean).div_(self._std)
+        out.sub_(self._mean.to(out.device)).div_(self._std.to(out.device))
         return out
 
     def clip(self, frames: torch.Tensor, positions: Sequence[int]) -> torch.Tensor:
@@ -196,7 +196,7 @@ class ClipTransform:
         if self._cube is not None:
             if len(idx) != self._cube.shape[1]:
                 raise ConfigError(f"clip has {len(idx)} frames but the mean cube {self._cube.shape[1]}")
-            out = out - self._cube_crop()
+            out = out - self._cube_crop().to(out.device)
         return out
 
     def __call__(self, frames: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
