@@ -110,6 +110,10 @@ def test_from_preprocessing_and_overrides():
     assert SamplingConfig.from_preprocessing(pre) == SamplingConfig(16, 1, 8, None, None, "pad")
     cfg = SamplingConfig.from_preprocessing(pre, stride=16, num_clips=None, fps=None, tail="drop")
     assert (cfg.stride, cfg.tail, cfg.clip_len) == (16, "drop", 16)
+    tv = get_spec("r2plus1d_18").preprocessing
+    assert SamplingConfig.from_preprocessing(tv).fps == tv.fps == 15
+    assert SamplingConfig.from_preprocessing(tv, fps=0).fps is None  # --fps 0: native rate
+    assert SamplingConfig.from_preprocessing(tv, fps=None).fps == 15
     with pytest.raises(ConfigError, match="unknown option"):
         SamplingConfig.from_preprocessing(pre, strde=3)
     assert SamplingConfig(16).to_dict()["clip_len"] == 16
