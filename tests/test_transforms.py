@@ -213,3 +213,19 @@ def test_large_frames_gather_path_equals_f_interpolate(hw, rng):
         full = F.interpolate(x.permute(0, 3, 1, 2).float(), size=(128, 171), mode="bilinear", align_corners=False)
         got = T._bilinear_gather(x, (128, 171), (5, 100), (20, 160)).permute(0, 3, 1, 2)
         assert torch.equal(got, full[:, :, 5:100, 20:160])
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_decoded_lossless_video_keeps_crop_offsets_and_channels(tmp_path, backend):
+    """Decode + transform end to end: a lossless (FFV1 RGB) video of coordinate frames."""
+    from c3dfeat.video import open_video
+    from tests.synth import make_video
+
+    p = make_video(tmp_path / "coords.mkv", 0, frames=coord_frames(3))
+    with open_video(p, backend) as v:
+        frames = v.get_frames([0, 1, 2])
+    np.testing.assert_array_equal(frames, coord_frames(3))
+    out = ClipTransform(dataclasses.replace(C3D, mean=(0.0, 0.0, 0.0)))(frames)  # BGR, 0-255
+    assert out[0, 2, :, 0, 0].tolist() == [29, 29, 29]  # R = column: offset 29
+    assert out[0, 1, :, 0, 0].tolist() == [8, 8, 8]  # G = row: offset 8
+    assert out[0, 0, :, 0, 0].tolist() == [0, 1, 2]  # B = frame number, in channel 0
