@@ -7,7 +7,8 @@ pytorchvideo 0.1.5 names everything `blocks.N...` (a `Net` of stem, four `ResSta
   averaged over them (NOT the plain mean of res5), and `logits` = proj per position, then averaged,
   in that order, as the reference does;
 * the hub's r2plus1d_r50 head ends in a Softmax that runs in eval mode too; `forward` here returns
-  the logits before it (probabilities = logits.softmax(-1)).
+  the logits before it. (With one pooled window, at 224, the hub's output is logits.softmax(-1); at
+  256 the hub averages the softmaxes of the 4 windows instead.)
 R(2+1)D-50 runs the temporal conv FIRST (conv_t, norm, ReLU, conv_xy), with mid width = dim_inner:
 the opposite of torchvision/VMZ.
 """
