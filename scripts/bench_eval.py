@@ -1,0 +1,105 @@
+"""Benchmark the evaluation protocols at UCF101 size (split 1: 9,537 train / 3,783 test videos,
+4,096-d fc6, 101 classes), on synthetic features with class structure.
+
+    .venv/bin/python scripts/bench_eval.py                 # linear SVM split incl. C by CV, PCA sweep
+    .venv/bin/python scripts/bench_eval.py --liblinear     # + ONE LinearSVC(C=1) fit, the reference
+    .venv/bin/python scripts/bench_eval.py --device cuda   # torch solver on a GPU
+
+Timings are wall-clock on whatever the machine is doing; say how busy it was when you quote them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import torch
+
+from c3dfeat.evaluate.linear import DEFAULT_CS, evaluate_split, normalize
+from c3dfeat.evaluate.pca import pca_sweep
+from c3dfeat.evaluate.splits import Protocol, Split
+from c3dfeat.evaluate.svm import LiblinearSVM, TorchLinearSVM, accuracy
+
+
+def ucf_like(n_train=9537, n_test=3783, dim=4096, n_classes=101, seed=0):
+    """Post-ReLU, fc6-like features: a shared positive base, sparse class means, noise."""
+    rng = np.random.default_rng(seed)
+    mu = (np.maximum(rng.standard_normal((n_classes, dim)), 0) * 0.3).astype(np.float32)
+    base = np.abs(rng.standard_normal(dim)).astype(np.float32)
+    n = n_train + n_test
+    y = rng.integers(0, n_classes, n)
+    X = np.empty((n, dim), np.float32)
+    for s in range(0, n, 2048):  # chunked: keep peak memory low
+        e = min(n, s + 2048)
+        X[s:e] = np.maximum(base + mu[y[s:e]] + rng.standard_normal((e - s, dim), dtype=np.float32) * 2.0, 0)
+    split = Split("split1", np.arange(n_train), np.arange(n_train, n))
+    return X, y, Protocol([str(k) for k in range(n_classes)], y, [split], "synthetic UCF101-size")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--liblinear", action="store_true", help="also time one LinearSVC(C=1) fit")
+    ap.add_argument("--dims", default="10,50,100,500")
+    ap.add_argument("--skip-pca", action="store_true")
+    ap.add_argument("--json", default=None, help="write the figures here")
+    args = ap.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    out = {"device": args.device, "threads": torch.get_num_threads(), "load_avg": os.getloadavg()}
+    t = time.perf_counter()
+    X, y, p = ucf_like()
+    out["make_data_s"] = time.perf_counter() - t
+    Xn = normalize(X)
+    split = p.splits[0]
+    print(f"data: {X.shape}, {len(p.classes)} classes; load average {out['load_avg']}", flush=True)
+
+    # one fit at C=1: torch vs (optionally) liblinear, same problem
+    t = time.perf_counter()
+    m = TorchLinearSVM(C=1.0, device=args.device).fit(Xn[split.train], y[split.train])
+    out["torch_fit_C1_s"] = time.perf_counter() - t
+    out["torch_fit_C1_top1"] = 100 * accuracy(y[split.test], m.predict(Xn[split.test]))[0]
+    out["torch_fit_C1_stats"] = vars(m.stats)
+    print(f"torch LinearSVM C=1: {out['torch_fit_C1_s']:.1f} s, top-1 {out['torch_fit_C1_top1']:.2f} % "
+          f"({m.stats.newton_iters} Newton / {m.stats.cg_iters} CG steps)", flush=True)
+    if args.liblinear:
+        t = time.perf_counter()
+        ref = LiblinearSVM(C=1.0).fit(Xn[split.train], y[split.train])
+        out["liblinear_fit_C1_s"] = time.perf_counter() - t
+        out["liblinear_fit_C1_top1"] = 100 * accuracy(y[split.test], ref.predict(Xn[split.test]))[0]
+        f_ref = ref.objective(Xn[split.train], y[split.train]).sum()
+        f_ours = m.objective(Xn[split.train], y[split.train]).sum()
+        out["objective_rel_diff"] = float((f_ours - f_ref) / f_ref)
+        print(f"liblinear LinearSVC C=1: {out['liblinear_fit_C1_s']:.1f} s, top-1 "
+              f"{out['liblinear_fit_C1_top1']:.2f} %; objective ours/ref - 1 = {out['objective_rel_diff']:.2e}",
+              flush=True)
+
+    # the protocol: one split including the choice of C (3-fold CV on the training part)
+    t = time.perf_counter()
+    r = evaluate_split(Xn, y, split, Cs=DEFAULT_CS, device=args.device)
+    out["split_with_cv_s"] = time.perf_counter() - t
+    out["split_with_cv"] = {"C": r.C, "top1": r.top1, "cv": r.cv}
+    print(f"one split incl. C by 3-fold CV over {DEFAULT_CS}: {out['split_with_cv_s']:.1f} s, "
+          f"C={r.C:g}, top-1 {r.top1:.2f} %, CV {r.cv}", flush=True)
+
+    if not args.skip_pca:
+        dims = [int(d) for d in args.dims.split(",")]
+        t = time.perf_counter()
+        sweep = pca_sweep(X, p, dims, device=args.device)
+        out["pca_sweep_s"] = time.perf_counter() - t
+        out["pca_sweep"] = [{"dims": row.dims, "top1": row.result.mean_top1, "ev": row.explained_variance,
+                             "C": row.result.splits[0].C} for row in sweep.rows]
+        print(f"PCA sweep {dims} (PCA on train + SVM with C by CV at each size): {out['pca_sweep_s']:.1f} s",
+              flush=True)
+        for row in out["pca_sweep"]:
+            print(f"  {row['dims']:>4} dims: top-1 {row['top1']:.2f} %, explained variance {row['ev']:.1f} %, "
+                  f"C={row['C']:g}")
+    out["load_avg_end"] = os.getloadavg()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2, default=str)
+
+
+if __name__ == "__main__":
+    main()
