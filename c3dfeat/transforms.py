@@ -169,7 +169,9 @@ class ClipTransform:
                 # input size (a 1280x720 frame is not converted to float). Same result.
                 img = _bilinear_gather(x, (rh, rw), (y0, y1), (x0, x1)).permute(3, 0, 1, 2)
             else:
-                img = x.permute(0, 3, 1, 2).contiguous().to(torch.float32)
+                # channels-last float (one elementwise pass), as torchvision's preset gets it
+                # from the permuted (T, H, W, C) video; both layouts give identical results
+                img = x.permute(0, 3, 1, 2).to(torch.float32)
                 img = F.interpolate(img, size=(rh, rw), mode="bilinear", align_corners=False, antialias=self.pre.antialias)
                 img = img[:, :, y0:y1, x0:x1].permute(1, 0, 2, 3)
             if self.quantize_resize:
@@ -289,7 +291,7 @@ def _fast_bilinear_is_exact(h: int, w: int, rh: int, rw: int) -> bool:
         gen = torch.Generator().manual_seed(h * 7919 + w)
         probe = torch.randint(0, 256, (2, h, w, 3), generator=gen, dtype=torch.uint8)
         ref = F.interpolate(
-            probe.permute(0, 3, 1, 2).contiguous().to(torch.float32), size=(rh, rw), mode="bilinear", align_corners=False
+            probe.permute(0, 3, 1, 2).to(torch.float32), size=(rh, rw), mode="bilinear", align_corners=False
         ).permute(0, 2, 3, 1)
         _FAST_OK[key] = bool(torch.equal(_bilinear_gather(probe, (rh, rw), (0, rh), (0, rw)), ref))
     return _FAST_OK[key]
