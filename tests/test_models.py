@@ -328,3 +328,14 @@ def test_pytorchvideo_head_pool5_is_the_averaged_head_pool_not_the_global_mean()
     assert not torch.allclose(want_pool5, res5.mean((2, 3, 4)), atol=1e-4)  # the pitfall
     want_logits = torch.stack([head.proj(w) for w in windows]).mean(0)
     torch.testing.assert_close(steps["logits"][1](pooled), want_logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["r2plus1d_18", "ip_csn_152", "r2plus1d_r50"])
+def test_channels_last_3d_gives_the_same_features(arch, small_runs):
+    model, x, names, _, want = small_runs(arch)
+    fast = c3dfeat.create_model(arch)
+    fast.load_state_dict(model.state_dict())
+    fast = fast.to(memory_format=torch.channels_last_3d)
+    got = c3dfeat.extract_layers(fast, x.contiguous(memory_format=torch.channels_last_3d), names)
+    for n in names:
+        torch.testing.assert_close(got[n], want[n], rtol=1e-4, atol=1e-4)

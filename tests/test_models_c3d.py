@@ -176,3 +176,15 @@ def test_res3d_equals_hand_written_caffe_network():
     torch.testing.assert_close(got["res5b"], want["res5"], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(got["pool5"], want["pool5"], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(got["fc8"], want["logits"], rtol=1e-4, atol=1e-4)
+
+
+def test_c3d_channels_last_3d_gives_the_same_features():
+    """The fast memory format must not change the numbers (fc6's flatten follows C, T, H, W)."""
+    torch.manual_seed(4)
+    model = c3dfeat.create_model("c3d")
+    x = torch.randn(1, 3, 16, 112, 112) * 50
+    want = c3dfeat.extract_layers(model, x, ["pool5", "fc6"])
+    model = model.to(memory_format=torch.channels_last_3d)
+    got = c3dfeat.extract_layers(model, x.contiguous(memory_format=torch.channels_last_3d), ["pool5", "fc6"])
+    torch.testing.assert_close(got["pool5"], want["pool5"], rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(got["fc6"], want["fc6"], rtol=1e-4, atol=1e-3)

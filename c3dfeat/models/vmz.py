@@ -48,6 +48,8 @@ def ip_csn_152(num_classes: int = 359) -> VideoResNet:
 
 
 def r2plus1d_152(num_classes: int = 359) -> VideoResNet:
+    # Stem pool as in VMZ's PyTorch port (use_pool1=True). The model zoo's 329.1 GFLOPs fit the
+    # network WITHOUT it exactly; see docs/models.md "Open question" before trusting features.
     return VideoResNet(
         block="bottleneck", layers=_LAYERS_152, convs=("2plus1d",) * 4, stem="r2plus1d", stem_pool=True,
         mid_rule="conv", bn_eps=1e-3, bn_momentum=0.9, num_classes=num_classes,
