@@ -61,7 +61,8 @@ class SamplingConfig:
                 raise ConfigError(f"sampling: {name} must be a positive integer, got {v!r}")
         if self.num_clips is not None and (not isinstance(self.num_clips, int) or self.num_clips < 1):
             raise ConfigError(f"sampling: num_clips must be a positive integer or None, got {self.num_clips!r}")
-        if self.fps is not None and not (isinstance(self.fps, (int, float)) and self.fps > 0 and math.isfinite(self.fps)):
+        fps_ok = isinstance(self.fps, (int, float)) and self.fps > 0 and math.isfinite(self.fps)
+        if self.fps is not None and not fps_ok:
             raise ConfigError(f"sampling: fps must be a positive number or None, got {self.fps!r}")
         if self.tail not in ("pad", "drop"):
             raise ConfigError(f"sampling: tail must be 'pad' or 'drop', got {self.tail!r}")

@@ -172,7 +172,9 @@ class ClipTransform:
                 # channels-last float (one elementwise pass), as torchvision's preset gets it
                 # from the permuted (T, H, W, C) video; both layouts give identical results
                 img = x.permute(0, 3, 1, 2).to(torch.float32)
-                img = F.interpolate(img, size=(rh, rw), mode="bilinear", align_corners=False, antialias=self.pre.antialias)
+                img = F.interpolate(
+                    img, size=(rh, rw), mode="bilinear", align_corners=False, antialias=self.pre.antialias
+                )
                 img = img[:, :, y0:y1, x0:x1].permute(1, 0, 2, 3)
             if self.quantize_resize:
                 # what uint8 output does in cv::resize / torchvision F.resize: round to whole levels
@@ -261,7 +263,9 @@ def _linear_weights(out_size: int, in_size: int, start: int, stop: int):
     return i0, i1, w0, w1
 
 
-def _bilinear_gather(x: torch.Tensor, size: Tuple[int, int], rows: Tuple[int, int], cols: Tuple[int, int]) -> torch.Tensor:
+def _bilinear_gather(
+    x: torch.Tensor, size: Tuple[int, int], rows: Tuple[int, int], cols: Tuple[int, int]
+) -> torch.Tensor:
     """uint8 (n, H, W, 3) → float32 (n, rows, cols, 3): output rows rows[0]..rows[1]-1 and
     columns cols[0]..cols[1]-1 of the bilinear resize to `size` (see above)."""
     n, h, w, _ = x.shape
