@@ -17,6 +17,7 @@ Rules (also in docs/sampling.md, "Inputs"):
      (UCF101's `trainlist01.txt` "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1" and CSV
      "a.mp4,3" both work). A path that ends in something that looks like a label needs a tab.
   A first line whose path is one of `path, video, file, filename` (any case) is a header.
+  Quotes around the path (`"my, video.mp4",3`) are removed.
 * **Ids.** A video's id is its path relative to the *input root*, with `/` separators: the
   common folder of all directory arguments, list-file folders, and the videos' own folders.
   So `videos/a/x.mp4` and `videos/b/x.mp4` get ids `a/x.mp4`, `b/x.mp4` and never collide.
@@ -125,6 +126,8 @@ def read_list_file(path: PathLike) -> List[Tuple[Path, Optional[str]]]:
             first = False
             continue
         first = False
+        if len(p) >= 2 and p[0] == p[-1] and p[0] in "\"'":  # CSV-style quoting: "a, b.mp4",3
+            p = p[1:-1]
         if not p:
             raise InputError(f"{path}: empty path in line {raw!r}")
         full = Path(os.path.expanduser(p))

@@ -12,7 +12,8 @@
 2. **crop** — ``crop_rounding="floor"``: offsets ``(H-c)//2, (W-c)//2`` (Caffe: 8, 29 for
    128×171 → 112); ``"round"``: torchvision ``center_crop``, ``int(round((H-c)/2))`` (8, 30).
    ``crops=3``: three crops along the long side — start, centre, end — as SlowFast's
-   ``uniform_crop`` (slowfast/datasets/transform.py; centre per ``crop_rounding``).
+   ``uniform_crop`` (slowfast/datasets/transform.py; the centre one per ``crop_rounding``, i.e.
+   the model's own centre crop, where SlowFast rounds up).
    ``crops=10``: Caffe's ``oversample`` (caffe/python/caffe/io.py): the four corners
    (top-left, top-right, bottom-left, bottom-right), the centre, then the horizontal mirror of
    each of those five crops, in that order.

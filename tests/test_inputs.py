@@ -77,8 +77,8 @@ def test_list_file_header_absolute_paths_and_existing_names_with_spaces(tree, tm
     odd = tree / "a" / "clip 2"  # no extension, name ends like a label: exists -> whole line is the path
     odd.write_bytes(b"")
     lst = tmp_path / "l.csv"
-    lst.write_text(f"path,label\n{tree / 'a' / 'x.mp4'},run\n{odd}\n")
-    assert read_list_file(lst) == [(tree / "a" / "x.mp4", "run"), (odd, None)]
+    lst.write_text(f"path,label\n{tree / 'a' / 'x.mp4'},run\n{odd}\n\"b/x.mp4\",2\n")
+    assert read_list_file(lst) == [(tree / "a" / "x.mp4", "run"), (odd, None), (tmp_path / "b" / "x.mp4", "2")]
 
 
 def test_conflicting_labels_and_missing_inputs(tree):
