@@ -7,8 +7,8 @@
    antialias per spec (torchvision's video preset hard-codes ``antialias=False``). The result is
    rounded to whole uint8 levels, because both reference pipelines resize uint8 images
    (Caffe/VMZ: OpenCV ``cv::resize`` on uint8; torchvision: ``F.resize`` on the uint8 video) —
-   unless the preprocessing says ``quantize_resize=False`` (pytorchvideo and ig65m resize float
-   tensors).
+   unless ``quantize_resize=False`` (argument, or a field of that name in the preprocessing):
+   pytorchvideo's and ig65m's own pipelines resize float tensors.
 2. **crop** — ``crop_rounding="floor"``: offsets ``(H-c)//2, (W-c)//2`` (Caffe: 8, 29 for
    128×171 → 112); ``"round"``: torchvision ``center_crop``, ``int(round((H-c)/2))`` (8, 30).
    ``crops=3``: three crops along the long side — start, centre, end — as SlowFast's
@@ -82,7 +82,13 @@ def crop_offsets(
 class ClipTransform:
     """Per-model preprocessing (see the module docstring); inputs are uint8 RGB frames."""
 
-    def __init__(self, preprocessing, mean_cube: Optional[np.ndarray] = None, crops: Crops = "center") -> None:
+    def __init__(
+        self,
+        preprocessing,
+        mean_cube: Optional[np.ndarray] = None,
+        crops: Crops = "center",
+        quantize_resize: Optional[bool] = None,
+    ) -> None:
         self.pre = preprocessing
         if crops in ("1", 1):
             crops = "center"
@@ -92,7 +98,9 @@ class ClipTransform:
             raise ConfigError(f"crops must be 'center', 3 or 10, got {crops!r}")
         self.crops: Crops = crops
         self.crop = int(preprocessing.crop)
-        self.quantize_resize = bool(getattr(preprocessing, "quantize_resize", True))
+        if quantize_resize is None:  # the spec's own rule when it has one, else uint8 (see step 1)
+            quantize_resize = getattr(preprocessing, "quantize_resize", True)
+        self.quantize_resize = bool(quantize_resize)
         if preprocessing.channel_order not in ("RGB", "BGR"):
             raise ConfigError(f"channel_order must be RGB or BGR, got {preprocessing.channel_order!r}")
         self._bgr = preprocessing.channel_order == "BGR"

@@ -96,8 +96,7 @@ def test_bilinear_golden_values_and_rounding():
     row = ClipTransform(pre, crops=3)(frame)  # along the long side: left, centre, right 2x2 crops
     got = torch.cat([row[0, 0, 0, 0], row[2, 0, 0, 0]]).tolist()
     assert got == [0, 12, 38, 50]
-    t = ClipTransform(pre, crops=3)
-    t.quantize_resize = False
+    t = ClipTransform(pre, crops=3, quantize_resize=False)
     assert torch.cat([t(frame)[0, 0, 0, 0], t(frame)[2, 0, 0, 0]]).tolist() == [0, 12.5, 37.5, 50]
 
 
