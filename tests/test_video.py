@@ -191,3 +191,15 @@ def test_pyav_never_seeks_in_avi(vids):
         assert [frame_index(f) for f in v.get_frames([45])] == [45]
         assert [frame_index(f) for f in v.get_frames([2])] == [2]  # restarts from frame 0
         assert v.seeks == 0
+
+
+@pytest.mark.parametrize("backend,module", [("decord", "decord"), ("pyav", "av")])
+def test_missing_backend_gives_an_install_hint(vids, monkeypatch, backend, module):
+    import sys
+
+    from c3dfeat.video import available_backends
+
+    monkeypatch.setitem(sys.modules, module, None)  # `import <module>` now raises ImportError
+    with pytest.raises(VideoDecodeError, match="pip install"):
+        open_video(vids["h264"], backend)
+    assert backend not in available_backends()
