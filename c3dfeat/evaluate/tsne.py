@@ -33,11 +33,13 @@ def plot_embedding(Y: np.ndarray, labels: Sequence[Optional[str]], out: str, tit
     plt = _pyplot()
     labs = np.array([lab if lab is not None else "(none)" for lab in labels], dtype=object)
     classes = sorted(set(labs))
-    cmap = plt.get_cmap("tab20" if len(classes) <= 20 else "gist_ncar")
+    # tab10 / tab20: distinct colours (tab20 pairs light and dark shades, so only past 10 classes)
+    n = len(classes)
+    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20" if n <= 20 else "gist_ncar")
     fig, ax = plt.subplots(figsize=(6, 5), dpi=120)
     for i, c in enumerate(classes):
         m = labs == c
-        color = cmap(i) if len(classes) <= 20 else cmap(i / len(classes))  # tab20: 20 distinct
+        color = cmap(i) if n <= 20 else cmap(i / n)
         ax.scatter(Y[m, 0], Y[m, 1], s=12, color=color, label=str(c))
     if len(classes) <= 20:
         ax.legend(fontsize=7, markerscale=1.5, loc="best", frameon=False)
