@@ -12,3 +12,6 @@ from c3dfeat.version import __version__ as __version__
 # made callable: c3dfeat.extract(...) == c3dfeat.extract.extract(...).
 from c3dfeat import extract as extract  # noqa: E402
 from c3dfeat.store import FeatureFile as FeatureFile  # noqa: E402
+
+# Python API of `c3dfeat linear-eval` (the papers' linear-SVM protocol on a feature file).
+from c3dfeat.evaluate import evaluate_features as evaluate_features  # noqa: E402
