@@ -324,7 +324,7 @@ class PyAVReader(VideoReader):
             pts: List[Optional[int]] = []
             keys: List[Optional[int]] = []
             for packet in container.demux(stream):
-                if packet.size > 0 and not packet.is_discard:
+                if packet.size > 0 and not getattr(packet, "is_discard", False):
                     pts.append(packet.pts)
                     if packet.is_keyframe:
                         keys.append(packet.pts)
