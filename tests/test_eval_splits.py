@@ -68,6 +68,7 @@ def test_ucf101_resolve_rows():
     lambda p: "videos/" + p.replace(".avi", ".mp4"),      # videos/ApplyEyeMakeup/v_X.mp4
     lambda p: "UCF-101\\" + p.replace("/", "\\"),         # Windows separators
     lambda p: p.rsplit(".", 1)[0],                        # no extension at all
+    lambda p: p.upper(),                                  # another copy's letter case
 ])
 def test_id_matching_ignores_extension_and_folder_prefix(fmt):
     ids = [fmt(v) for v in UCF_IDS]

@@ -228,8 +228,10 @@ def parse_generic(labels_csv: str | Path, train_list: Optional[str | Path] = Non
 
 # -------------------------------------------------------------------------------- id matching
 def _norm_parts(path: str) -> Tuple[str, ...]:
-    """'videos/ApplyEyeMakeup/v_X.mp4' → ('videos', 'ApplyEyeMakeup', 'v_X'): no extension."""
-    p = PurePosixPath(path.strip().replace("\\", "/"))
+    """'videos/ApplyEyeMakeup/v_X.mp4' → ('videos', 'applyeyemakeup', 'v_x'): no extension, and
+    case-folded: UCF101's own lists spell a class 'HandstandPushups' while its clips are named
+    'v_HandStandPushups_*', and copies of the dataset differ in case."""
+    p = PurePosixPath(path.strip().replace("\\", "/").casefold())
     parts = [x for x in p.parts if x not in (".", "/", "")]
     if parts:
         stem = parts[-1]
@@ -240,11 +242,11 @@ def _norm_parts(path: str) -> Tuple[str, ...]:
 
 
 class _KeyIndex:
-    """Match listed paths to ids despite extensions and folder prefixes.
+    """Match listed paths to ids despite extensions, folder prefixes and letter case.
 
     'ApplyEyeMakeup/v_X.avi', 'v_X.avi' and 'videos/ApplyEyeMakeup/v_X.mp4' name the same
-    video: two names match when, without extensions, the shorter one's path components are the
-    tail of the longer one's. Ambiguity (two ids fit equally) is an error, never a guess.
+    video: two names match when, without extensions and case, the shorter one's path components
+    are the tail of the longer one's. Ambiguity (two ids fit equally) is an error, never a guess.
     """
 
     def __init__(self, ids: Sequence[str]):
