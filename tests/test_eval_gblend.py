@@ -73,5 +73,11 @@ def test_gblend_fixes_naive_fusion_when_one_modality_overfits():
 
 def test_concat_only_skips_gblend():
     xs, p = two_modalities(n_train=60, n_test=60)
-    r = fusion_eval(xs, p, ["A", "B"], fusion="concat", cfg=FusionConfig(epochs=20)).splits[0]
+    res = fusion_eval(xs, p, ["A", "B"], fusion="concat", cfg=FusionConfig(epochs=20))
+    r = res.splits[0]
     assert np.isnan(r.gblend) and r.weights == []
+    d = res.to_dict()  # strict JSON: no NaN
+    assert d["mean_gblend_top1"] is None and d["mean_top1"] == d["mean_concat_top1"] == r.concat
+    import json
+
+    json.loads(json.dumps(d, allow_nan=False))

@@ -153,16 +153,25 @@ class FusionResult:
     splits: List[FusionSplitResult]
 
     def to_dict(self) -> dict:
-        mean = lambda v: float(np.mean(v))  # noqa: E731
+        """JSON-ready (percent); G-Blend entries are null with ``--fusion concat``."""
+
+        def num(v: float):
+            return None if v is None or np.isnan(v) else float(v)
+
+        def mean(v) -> Optional[float]:
+            return num(float(np.mean(v))) if len(v) else None
+
+        concat = mean([s.concat for s in self.splits])
+        gblend = mean([s.gblend for s in self.splits])
         return {
             "modalities": self.names,
             "splits": [{"name": s.name, "uni_top1": s.uni, "concat_top1": s.concat,
-                        "gblend_top1": s.gblend, "gblend_weights": s.weights,
+                        "gblend_top1": num(s.gblend), "gblend_weights": s.weights,
                         "head_losses": [vars(h) for h in s.losses]} for s in self.splits],
             "mean_uni_top1": [mean([s.uni[i] for s in self.splits]) for i in range(len(self.names))],
-            "mean_concat_top1": mean([s.concat for s in self.splits]),
-            "mean_gblend_top1": mean([s.gblend for s in self.splits]),
-            "mean_top1": mean([s.gblend for s in self.splits]),
+            "mean_concat_top1": concat,
+            "mean_gblend_top1": gblend,
+            "mean_top1": gblend if gblend is not None else concat,  # the fused model reported
         }
 
 
