@@ -228,7 +228,7 @@ class DecordReader(VideoReader):
         except VideoDecodeError:
             raise
         except Exception as e:  # decord raises DECORDError / RuntimeError with ffmpeg's text
-            raise VideoDecodeError(f"{self.path}: cannot open with decord: {_short(e)}") from e
+            raise VideoDecodeError(f"{self.path}: cannot open with decord: {_decord_reason(e, self.path)}") from e
 
     def _read(self, indices: List[int]) -> List[np.ndarray]:
         try:
@@ -236,7 +236,8 @@ class DecordReader(VideoReader):
         except Exception as e:
             bad = self._first_bad(indices)
             where = f"frame {bad}" if bad is not None else f"frames {_span(indices)}"
-            raise VideoDecodeError(f"{self.path}: decoding {where} failed (decord): {_short(e)}") from e
+            reason = _decord_reason(e, self.path)
+            raise VideoDecodeError(f"{self.path}: decoding {where} failed (decord): {reason}") from e
         if batch.shape[0] != len(indices):
             raise VideoDecodeError(
                 f"{self.path}: decord returned {batch.shape[0]} frames for {len(indices)} requested "
@@ -302,7 +303,7 @@ class PyAVReader(VideoReader):
         try:
             container = av.open(str(self.path), metadata_errors="ignore")
         except Exception as e:
-            raise VideoDecodeError(f"{self.path}: cannot open with PyAV: {_short(e)}") from e
+            raise VideoDecodeError(f"{self.path}: cannot open with PyAV: {_short(e, self.path)}") from e
         if not container.streams.video:
             container.close()
             raise VideoDecodeError(f"{self.path}: no video stream (audio-only or not a video file)")
@@ -349,7 +350,7 @@ class PyAVReader(VideoReader):
             raise
         except Exception as e:
             container.close()
-            raise VideoDecodeError(f"{self.path}: cannot read the video stream (PyAV): {_short(e)}") from e
+            raise VideoDecodeError(f"{self.path}: cannot read the video stream (PyAV): {_short(e, self.path)}") from e
         container.close()
         if self.width <= 0 or self.height <= 0:
             raise VideoDecodeError(f"{self.path}: the video stream has no frame size (corrupt header)")
@@ -432,7 +433,7 @@ class PyAVReader(VideoReader):
         except Exception as e:
             self._frames = None
             raise VideoDecodeError(
-                f"{self.path}: decoding frame {max(self._next, 0)} failed (PyAV): {_short(e)}"
+                f"{self.path}: decoding frame {max(self._next, 0)} failed (PyAV): {_short(e, self.path)}"
             ) from e
         return out
 
@@ -459,8 +460,12 @@ def open_video(path: PathLike, backend: str = "decord", threads: int = 0) -> Vid
 _LOG_PREFIX = re.compile(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ")
 
 
-def _short(e: BaseException, limit: int = 300) -> str:
-    """The useful line of an exception's text (decord adds log prefixes and a C++ stack trace)."""
+_ERRNO = re.compile(r"^\[Errno -?\d+\] ")
+
+
+def _short(e: BaseException, path: Optional[Path] = None, limit: int = 300) -> str:
+    """The useful line of an exception's text: without decord's log prefixes and C++ stack
+    trace, PyAV's errno number, or the file name (the message names the file already)."""
     text = [_LOG_PREFIX.sub("", line).strip() for line in str(e).strip().splitlines()]
     text = [line for line in text if line and not line.startswith("Stack trace")]
     msg = text[0] if text else type(e).__name__
@@ -468,7 +473,30 @@ def _short(e: BaseException, limit: int = 300) -> str:
         if "Check failed" in line or "Error" in line or "ERROR" in line:
             msg = line
             break
-    return msg[:limit]
+    msg = _ERRNO.sub("", msg)
+    if path is not None:
+        for form in (f": '{path}'", f" {path}...", f" {path}", str(path)):
+            msg = msg.replace(form, "")
+    return msg.strip()[:limit] or type(e).__name__
+
+
+# decord's messages are C++ check failures; say what they mean (ffmpeg's AVERROR_INVALIDDATA is
+# -1094995529, "INDA").
+_DECORD_REASONS = (
+    ("cannot find video stream", "no video stream (audio-only or not a video file)"),
+    ("Error reading", "not a video file, or a format ffmpeg cannot read"),
+    ("av_read_frame failed", "invalid data while reading packets (truncated or corrupt file)"),
+    ("Error sending packet", "invalid data in the video stream (corrupt file)"),
+    ("1094995529", "invalid data (corrupt or truncated file)"),
+)
+
+
+def _decord_reason(e: BaseException, path: Path) -> str:
+    """What a decord failure means (its raw text stays in the exception chain)."""
+    for pattern, reason in _DECORD_REASONS:
+        if pattern in str(e):
+            return reason
+    return _short(e, path)
 
 
 def _span(indices: List[int]) -> str:
