@@ -10,20 +10,20 @@
 Not a test: numbers depend on the machine and its load.
 
 Measured 2026-11-26 on the 2-core dev machine while five engineers shared it (load average
-8-9, so roughly a quarter of the idle speed), `--threads 2`:
+7-9, so roughly a quarter to a half of the idle speed):
 
-    decode, frames/s              decord   pyav
-      mmaction2_demo.mp4 340x256   306     520
-      v_ApplyEyeMakeup (AVI)       729     830
-      v_ZNVhz7ctTq0.mp4 480x360    239     510
-      synthetic 640x360 (noisy)     71     114
-    transform frames(), frames/s
-      c3d     center  320x240 -> 112x112   186   (1 thread: 166-394, load-dependent)
-      c3d     10 crops 320x240              84
-      r2plus1d_18 center 320x240           250
-      ir_csn_152  center 320x240 -> 224     90
-      c3d     center  640x360              114
-      c3d     center 1280x720              128   (uint8-gather resize; F.interpolate: ~19-35)
+    decode, frames/s (--threads 2 run)  decord   pyav
+      mmaction2_demo.mp4 340x256         306     520
+      v_ApplyEyeMakeup (AVI)             729     830
+      v_ZNVhz7ctTq0.mp4 480x360          239     510
+      synthetic 640x360 (noisy)           71     114
+    transform frames(), frames/s        1 thread   2 threads
+      c3d     center   320x240 -> 112     319        289
+      c3d     10 crops 320x240            160        120
+      r2plus1d_18 center 320x240          466        304
+      ir_csn_152  center 320x240 -> 224   148        113
+      c3d     center   640x360            199        167
+      c3d     center   1280x720            61        158   (2 threads: uint8-gather resize)
 """
 from __future__ import annotations
 
