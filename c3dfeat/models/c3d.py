@@ -49,7 +49,7 @@ class C3D(LayerwiseModel):
         self.fc6 = nn.Linear(8192, 4096)
         self.fc7 = nn.Linear(4096, 4096)
         self.fc8 = nn.Linear(4096, num_classes)
-        self.relu = nn.ReLU()
+        self.relu = nn.ReLU(inplace=True)  # outputs are fresh tensors: in place is safe and cheaper
 
     def _block(self, names: Sequence[str]):
         def run(x: torch.Tensor) -> torch.Tensor:

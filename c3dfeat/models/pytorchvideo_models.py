@@ -34,7 +34,7 @@ class Conv2plus1d(nn.Module):
         super().__init__()
         self.conv_t = nn.Conv3d(dim, dim, (3, 1, 1), stride=(stride[0], 1, 1), padding=(1, 0, 0), bias=False)
         self.norm = nn.BatchNorm3d(dim)
-        self.activation = nn.ReLU()
+        self.activation = nn.ReLU(inplace=True)
         self.conv_xy = nn.Conv3d(dim, dim, (1, 3, 3), stride=(1, stride[1], stride[2]), padding=(0, 1, 1), bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -46,7 +46,7 @@ class BottleneckBlock(nn.Module):
         super().__init__()
         self.conv_a = nn.Conv3d(dim_in, dim_inner, 1, bias=False)
         self.norm_a = nn.BatchNorm3d(dim_inner)
-        self.act_a = nn.ReLU()
+        self.act_a = nn.ReLU(inplace=True)
         if conv_b == "csn":  # depthwise 3x3x3 (groups = channels): ir-CSN
             self.conv_b: nn.Module = nn.Conv3d(
                 dim_inner, dim_inner, 3, stride=stride, padding=1, groups=dim_inner, bias=False
@@ -54,7 +54,7 @@ class BottleneckBlock(nn.Module):
         else:
             self.conv_b = Conv2plus1d(dim_inner, stride)
         self.norm_b = nn.BatchNorm3d(dim_inner)
-        self.act_b = nn.ReLU()
+        self.act_b = nn.ReLU(inplace=True)
         self.conv_c = nn.Conv3d(dim_inner, dim_out, 1, bias=False)
         self.norm_c = nn.BatchNorm3d(dim_out)
 
@@ -73,7 +73,7 @@ class ResBlock(nn.Module):
         else:
             self.branch1_conv = self.branch1_norm = None
         self.branch2 = BottleneckBlock(dim_in, dim_inner, dim_out, stride, conv_b)
-        self.activation = nn.ReLU()
+        self.activation = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.branch1_conv is None else self.branch1_norm(self.branch1_conv(x))
@@ -96,7 +96,7 @@ class ResNetBasicStem(nn.Module):
         super().__init__()
         self.conv = nn.Conv3d(3, 64, kernel, stride=(1, 2, 2), padding=tuple(k // 2 for k in kernel), bias=False)
         self.norm = nn.BatchNorm3d(64)
-        self.activation = nn.ReLU()
+        self.activation = nn.ReLU(inplace=True)
         self.pool = nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)) if pool else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
