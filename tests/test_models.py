@@ -19,7 +19,7 @@ from c3dfeat.models import ClipSizeError, all_specs, get_spec, layer_shapes, lis
 ARCHS = list_models()
 TAGGED = list_models(with_tags=True)
 # Small clip for real (not meta) forward passes: T, H, W.
-SMALL = (4, 32, 32)
+SMALL = (4, 16, 16)
 
 
 def _meta_model(spec):
@@ -186,7 +186,7 @@ def small_runs():
             # covered on the meta device here and by test_models_c3d.py / the parity tests.
             fits = _meta_layers(spec, SMALL)
             model = c3dfeat.create_model(arch)
-            x = torch.randn((2, 3) + SMALL)
+            x = torch.randn((1, 3) + SMALL)
             names = [n for n, s in fits.items() if s is not None]
             cache[arch] = (model, x, names, fits, c3dfeat.extract_layers(model, x, names))
         return cache[arch]
