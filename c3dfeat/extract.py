@@ -53,7 +53,7 @@ PathLike = Union[str, os.PathLike]
 # same (meaningless) features; recorded in the provenance.
 RANDOM_INIT_SEED = 0
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-_WINDOW_BYTES = 24 << 20  # decoded frames per window: ~24 MiB (8 frames of 720p, 36 of 640x360)
+_WINDOW_BYTES = 8 << 20  # decoded frames per window: ~8 MiB (8 frames of 720p min, 12 of 640x360)
 _TRANSFORM_CHUNK = 8  # frames per ClipTransform.frames call
 
 
@@ -335,7 +335,7 @@ def _stream_clips(
     needed = [sorted({i for c in cl for i in c.indices}) for cl in clips]
     union = sorted(set().union(*map(set, needed)))
     frame_bytes = max(1, reader.height * reader.width * 3)
-    window = int(min(64, max(8, _WINDOW_BYTES // frame_bytes)))
+    window = int(min(32, max(8, _WINDOW_BYTES // frame_bytes)))
     # Per model: transformed frames kept (index -> position in `cache`), next clip to emit.
     caches: List[Optional[torch.Tensor]] = [None] * len(models)
     cache_idx: List[List[int]] = [[] for _ in models]
