@@ -307,3 +307,42 @@ def test_python_api_reexport(tmp_path, lossless):
         assert ids == ["a.mkv"] and x.shape == (1, 3)
     with h5py.File(tmp_path / "a.h5", "r") as f:  # plain h5py after a clean close
         assert f["committed"][0] == 1
+
+
+class _FakeReader:
+    """Records every get_frames call; frames are the synthetic index patterns."""
+
+    def __init__(self, n, h=32, w=32):
+        self.num_frames, self.height, self.width, self.calls = n, h, w, []
+
+    def get_frames(self, idx):
+        from tests.synth import pattern_frame
+
+        self.calls.append(list(idx))
+        return np.stack([pattern_frame(i, self.height, self.width) for i in idx])
+
+
+def test_each_frame_decoded_once_for_all_models_in_bounded_windows():
+    import threading
+
+    from c3dfeat.extract import _build_model, _ClipItem, _stream_clips
+
+    kw = dict(random_init=True, weights_dir=None, crops="center", crop_reduce="mean", device=torch.device("cpu"),
+              dtype=torch.float32)
+    # two models with different frames: stride 2 on the native timeline, and 4 fps resampling with frame_step 3
+    m1 = _build_model(ModelRequest("tiny3d"), sampling_overrides={}, **kw)
+    m2 = _build_model(ModelRequest(ID), sampling_overrides={"fps": 4.0, "frame_step": 3}, **kw)
+    reader = _FakeReader(300)
+    clips = [sample_clips(300, 10.0, m.sampling) for m in (m1, m2)]
+    got = []
+    _stream_clips(0, reader, [m1, m2], clips, got.append, threading.Event())
+    requested = [i for call in reader.calls for i in call]
+    assert len(requested) == len(set(requested))  # no frame decoded twice
+    assert set(requested) == {i for cl in clips for c in cl for i in c.indices}  # only needed frames
+    assert max(len(c) for c in reader.calls) <= 32  # bounded windows
+    for m, (model, cl) in enumerate(zip((m1, m2), clips)):
+        items = [g for g in got if isinstance(g, _ClipItem) and g.model == m]
+        assert [g.clip for g in items] == list(range(len(cl)))
+        for g in items[:: max(1, len(items) // 5)]:
+            direct = model.transform(reader.get_frames(cl[g.clip].indices))
+            torch.testing.assert_close(g.tensor, direct, rtol=0, atol=0)
