@@ -150,27 +150,29 @@ class TorchLinearSVM:
         scale = torch.clamp(torch.minimum(n_pos, Y.shape[0] - n_pos), min=1) / Y.shape[0]
         g0 = (2 * C * (X.T @ Y)).norm(dim=0) * scale  # gradient at w = 0 is -2C X^T y
         XW = X @ W
-        for it in range(self.max_iter):
-            M = Y * XW
+        idx = torch.arange(W.shape[1], device=W.device)  # classes not converged yet
+        for _ in range(self.max_iter):
+            # Only the classes that have not converged cost anything: every matmul below runs
+            # on their columns alone (one-vs-rest problems finish at different times, and a
+            # converged class's w no longer changes).
+            Yi = Y[:, idx]
+            M = Yi * XW[:, idx]
             A = (M < 1).to(self.dtype)  # active set: margin violators
-            G = W - 2 * C * (X.T @ (Y * A * (1 - M)))
+            G = W[:, idx] - 2 * C * (X.T @ (Yi * A * (1 - M)))
             gnorm = G.norm(dim=0)
-            rel = gnorm / g0.clamp_min(1e-30)
-            stats.rel_grad = float(rel.max())
+            rel = gnorm / g0[idx].clamp_min(1e-30)
+            stats.rel_grad = float(rel.max())  # converged classes are below tol already
             todo = rel > self.tol
             if not bool(todo.any()):
                 stats.converged = True
                 break
             stats.newton_iters += 1
-            # Only the classes that have not converged cost anything: every matmul below runs
-            # on their columns alone (one-vs-rest problems finish at different times).
-            idx = torch.nonzero(todo).flatten()
-            Di = self._cg(X, A[:, idx], G[:, idx], C, gnorm[idx])
+            idx, Yi, M, A, G, gnorm = idx[todo], Yi[:, todo], M[:, todo], A[:, todo], G[:, todo], gnorm[todo]
+            D = self._cg(X, A, G, C, gnorm)
             # exact line search on the piecewise-quadratic 1-D objective (one matmul)
-            XD = X @ Di
-            Yi = Y[:, idx]
-            t = self._line_search(W[:, idx], Di, M[:, idx], Yi * XD, C)
-            W[:, idx] += t * Di
+            XD = X @ D
+            t = self._line_search(W[:, idx], D, M, Yi * XD, C)
+            W[:, idx] += t * D
             XW[:, idx] += t * XD
         return W
 
