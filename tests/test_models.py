@@ -14,7 +14,7 @@ import torch.nn as nn
 
 import c3dfeat
 from c3dfeat.errors import UnknownLayerError, UnknownModelError
-from c3dfeat.models import ClipSizeError, all_specs, get_spec, layer_shapes, list_models
+from c3dfeat.models import ClipSizeError, get_spec, layer_shapes, list_models
 
 ARCHS = list_models()
 TAGGED = list_models(with_tags=True)
