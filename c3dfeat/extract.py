@@ -31,10 +31,9 @@ import sys
 import threading
 import time
 import types
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -44,7 +43,6 @@ from c3dfeat.models import create_model, extract_layers, get_spec
 from c3dfeat.sampling import Clip, SamplingConfig, sample_clips
 from c3dfeat.store import ClipTable, LayerInfo, ModelInfo, ModelResult, VideoRecord, open_writer
 from c3dfeat.transforms import ClipTransform
-from c3dfeat.version import __version__
 
 __all__ = ["extract", "ExtractReport", "ModelRequest", "Progress", "RANDOM_INIT_SEED"]
 
@@ -178,7 +176,6 @@ def _build_model(
     else:
         net = create_model(req.name, pretrained=req.weights or True, weights_dir=weights_dir)
     spec = net.spec
-    layers = spec.canonical_layers(req.layers or (spec.default_layer,))
     requested_order = [spec.layer(n).name for n in (req.layers or (spec.default_layer,))]
     layers = tuple(dict.fromkeys(requested_order))  # user's order, no duplicates
     mean_cube = None

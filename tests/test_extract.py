@@ -16,7 +16,7 @@ from c3dfeat.errors import ConfigError, ProvenanceMismatchError
 from c3dfeat.extract import ModelRequest, extract
 from c3dfeat.models import create_model, extract_layers, get_spec
 from c3dfeat.sampling import SamplingConfig, sample_clips
-from c3dfeat.store import FeatureFile, merge
+from c3dfeat.store import FeatureFile
 from c3dfeat.transforms import ClipTransform
 from c3dfeat.video import open_video
 from tests import _extract_tiny  # noqa: F401  (registers tiny3d / tiny3d_id)
