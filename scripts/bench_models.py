@@ -71,7 +71,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per setting (median reported)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    ap.add_argument("--baseline", action="store_true", help="also time a plain nn.Sequential C3D")
+    ap.add_argument("--baseline", action="store_true",
+                    help="also time a plain nn.Sequential C3D, alternating with ours run by run")
     ap.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     args = ap.parse_args(argv)
 
@@ -91,26 +92,32 @@ def main(argv=None) -> int:
     print(header)
     print("-" * len(header))
     rows: List[Dict] = []
-    targets = [(n, None) for n in names]
-    if args.baseline:
-        targets.append(("c3d", "plain"))
-    for name, variant in targets:
+    for name in names:
         spec = get_spec(name)
         size = spec.input_size
         gflop = gflops_per_clip(spec)
+        with_plain = args.baseline and name == "c3d"
         for batch in batches:
             for dt in dtypes:
                 for cl in formats:
-                    model = plain_c3d() if variant else create_model(name)
-                    sec = bench_one(model, size, batch, torch.float32 if dt == "fp32" else torch.bfloat16,
-                                    cl == "on", args.repeats, args.warmup)
-                    row = {"model": name + (f" ({variant})" if variant else ""), "clip": "x".join(map(str, size)),
-                           "batch": batch, "dtype": dt, "channels_last_3d": cl == "on", "sec_per_batch": sec,
-                           "clips_per_s": batch / sec, "gflop_per_s": gflop * batch / sec,
-                           "gflop_per_clip": gflop}
-                    rows.append(row)
-                    print(f"{row['model']:<14} {row['clip']:<12} {batch:>5} {dt:>5} {cl:>7} {sec:>8.3f} "
-                          f"{row['clips_per_s']:>8.2f} {row['gflop_per_s']:>8.1f}", flush=True)
+                    dtype = torch.float32 if dt == "fp32" else torch.bfloat16
+                    variants = {name: create_model(name)}
+                    if with_plain:
+                        variants[name + " (plain)"] = plain_c3d()
+                    # Variants alternate run by run, so a change in machine load hits both alike.
+                    times: Dict[str, List[float]] = {v: [] for v in variants}
+                    for r in range(args.repeats):
+                        for label, model in variants.items():
+                            times[label].append(bench_one(model, size, batch, dtype, cl == "on", 1,
+                                                          args.warmup if r == 0 else 0))
+                    for label, ts in times.items():
+                        sec = statistics.median(ts)
+                        row = {"model": label, "clip": "x".join(map(str, size)), "batch": batch, "dtype": dt,
+                               "channels_last_3d": cl == "on", "sec_per_batch": sec, "clips_per_s": batch / sec,
+                               "gflop_per_s": gflop * batch / sec, "gflop_per_clip": gflop}
+                        rows.append(row)
+                        print(f"{label:<14} {row['clip']:<12} {batch:>5} {dt:>5} {cl:>7} {sec:>8.3f} "
+                              f"{row['clips_per_s']:>8.2f} {row['gflop_per_s']:>8.1f}", flush=True)
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     if args.json:
         with open(args.json, "w") as f:
