@@ -23,17 +23,22 @@ from c3dfeat.evaluate.splits import Protocol, Split
 from c3dfeat.evaluate.svm import LiblinearSVM, TorchLinearSVM, accuracy
 
 
-def ucf_like(n_train=9537, n_test=3783, dim=4096, n_classes=101, seed=0):
-    """Post-ReLU, fc6-like features: a shared positive base, sparse class means, noise."""
+def ucf_like(n_train=9537, n_test=3783, dim=4096, n_classes=101, rank=128, seed=0):
+    """fc6-like features: post-ReLU, a shared positive base, class means and within-class
+    variation in a rank-128 subspace with a decaying spectrum (so PCA finds the classes, as it
+    does for C3D), plus isotropic noise."""
     rng = np.random.default_rng(seed)
-    mu = (np.maximum(rng.standard_normal((n_classes, dim)), 0) * 0.3).astype(np.float32)
+    s = (np.arange(1, rank + 1) ** -0.5).astype(np.float32)
+    basis = (rng.standard_normal((rank, dim)) / np.sqrt(rank) * 8).astype(np.float32) * s[:, None]
+    centers = rng.standard_normal((n_classes, rank)).astype(np.float32)
     base = np.abs(rng.standard_normal(dim)).astype(np.float32)
     n = n_train + n_test
     y = rng.integers(0, n_classes, n)
     X = np.empty((n, dim), np.float32)
-    for s in range(0, n, 2048):  # chunked: keep peak memory low
-        e = min(n, s + 2048)
-        X[s:e] = np.maximum(base + mu[y[s:e]] + rng.standard_normal((e - s, dim), dtype=np.float32) * 2.0, 0)
+    for a in range(0, n, 2048):  # chunked: keep peak memory low
+        b = min(n, a + 2048)
+        z = centers[y[a:b]] + rng.standard_normal((b - a, rank), dtype=np.float32) * 2.0
+        X[a:b] = np.maximum(base + z @ basis + rng.standard_normal((b - a, dim), dtype=np.float32) * 2.0, 0)
     split = Split("split1", np.arange(n_train), np.arange(n_train, n))
     return X, y, Protocol([str(k) for k in range(n_classes)], y, [split], "synthetic UCF101-size")
 

@@ -123,7 +123,7 @@ def select_C(X: np.ndarray, y: np.ndarray, Cs: Sequence[float] = DEFAULT_CS, fol
     for C in Cs:
         accs = []
         for f, (tr, va) in enumerate(fold_idx):
-            # CV fits only rank C values: a 10x looser stopping rule than the final fit (torch)
+            # CV fits only rank C values: a looser stopping rule than the final fit (svm.CV_TOL)
             svm = make_svm(solver, C, device=device, cv=True)
             svm.fit(prepared[f], y[tr], warm_start=warm[f])
             warm[f] = svm
