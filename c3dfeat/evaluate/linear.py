@@ -95,13 +95,16 @@ class EvalResult:
 def select_C(X: np.ndarray, y: np.ndarray, Cs: Sequence[float] = DEFAULT_CS, folds: int = 3,
              solver: str = "torch", device: str = "cpu", seed: int = 0,
              early_stop: bool = False, models: Optional[Dict[float, object]] = None,
-             ) -> tuple[float, Dict[float, float]]:
+             tie: float = 0.1) -> tuple[float, Dict[float, float]]:
     """Choose C by stratified k-fold CV on (X, y) — pass the TRAINING part only.
 
     Walks C upwards with warm starts; with ``early_stop`` the walk stops once the CV accuracy
     falls strictly below the best so far (accuracy is unimodal in C in practice), which skips the
-    expensive large-C fits. Ties go to the smaller C. ``models`` (if given) receives the first
-    fold's model at each C, a warm start for the final fit.
+    expensive large-C fits. The chosen C is the smallest whose CV accuracy is within ``tie``
+    points of the best: near-ties are noise, and the more regularised model is also the cheaper
+    final fit (measured: a 0.05-point "win" of C=1000 over C=1 cost a 4x longer final fit).
+    ``models`` (if given) receives the first fold's model at each C, a warm start for the final
+    fit.
     """
     from sklearn.model_selection import StratifiedKFold
 
@@ -119,7 +122,7 @@ def select_C(X: np.ndarray, y: np.ndarray, Cs: Sequence[float] = DEFAULT_CS, fol
     prepared = [proto.prepare(X[tr]) for tr, _ in fold_idx]
     warm: List[Optional[object]] = [None] * k
     scores: Dict[float, float] = {}
-    best_c, best = Cs[0], -1.0
+    best = -1.0
     for C in Cs:
         accs = []
         for f, (tr, va) in enumerate(fold_idx):
@@ -131,10 +134,10 @@ def select_C(X: np.ndarray, y: np.ndarray, Cs: Sequence[float] = DEFAULT_CS, fol
                 models[C] = svm
             accs.append(accuracy(y[va], svm.predict(X[va]))[0])
         scores[C] = 100.0 * float(np.mean(accs))
-        if scores[C] > best + 1e-9:
-            best_c, best = C, scores[C]
-        elif early_stop and scores[C] < best - 1e-9:
+        if early_stop and scores[C] < best - 1e-9:
             break  # past the peak; a tie (e.g. a chance-level plateau at small C) walks on
+        best = max(best, scores[C])
+    best_c = min(c for c, v in scores.items() if v >= best - tie)
     return best_c, scores
 
 
