@@ -1,6 +1,5 @@
 """CLI: `c3dfeat linear-eval`, `pca`, `tsne` as written (defaults), official splits, errors."""
 import json
-import os
 from pathlib import Path
 
 import numpy as np

@@ -22,7 +22,7 @@ A head whose held-out loss did not drop (ΔG <= 0) gets weight 0.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch

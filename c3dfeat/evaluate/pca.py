@@ -15,7 +15,7 @@ import numpy as np
 
 from c3dfeat.errors import EvalError
 from c3dfeat.evaluate.linear import DEFAULT_CS, EvalResult, SplitResult, evaluate_split, normalize
-from c3dfeat.evaluate.splits import Protocol, Split
+from c3dfeat.evaluate.splits import Protocol
 
 
 @dataclass
