@@ -46,7 +46,10 @@ class Motion3D(nn.Module):
         return self.fc(self.forward_layers(x, ["pool"])["pool"])
 
 
-def _register() -> None:
+@pytest.fixture
+def motion_model():
+    """Register the test-only model for this test, and remove it afterwards (other tests iterate
+    over the registry)."""
     if "motion3d_test" not in _REGISTRY:
         register_model(ModelSpec(
             name="motion3d_test", builder=Motion3D, checkpoints=(),
@@ -54,6 +57,8 @@ def _register() -> None:
                                         crop=32, scale=1.0 / 255.0, mean=(0.5, 0.5, 0.5)),
             layers=(LayerSpec("pool", (128,)),), default_layer="pool", input_size=(8, 32, 32),
             description="test-only random 3D ConvNet for the motion test"))
+    yield "motion3d_test"
+    _REGISTRY.pop("motion3d_test", None)
 
 
 def texture(rng, size=64):
@@ -95,8 +100,7 @@ def _extract_then_eval(root, out, extra=()):
     return json.loads(res.stdout)
 
 
-def test_random_3d_convnet_separates_motion_directions_per_frame_average_cannot(videos, tmp_path):
-    _register()
+def test_random_3d_convnet_separates_motion_directions_per_frame_average_cannot(videos, tmp_path, motion_model):
     motion = _extract_then_eval(videos, tmp_path / "feats.h5")
     static = _extract_then_eval(videos, tmp_path / "frames.h5", ["--clip-len", "1", "--stride", "1"])
     print(f"motion: {motion['mean_top1']:.1f} %, per-frame average: {static['mean_top1']:.1f} %")
