@@ -18,6 +18,7 @@ import json
 import math
 import os
 import struct
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
@@ -272,6 +273,54 @@ def recover_file(path: Union[str, Path]) -> bool:
     return True
 
 
+class _RunLock:
+    """An exclusive flock on `<file>.lock` for the whole writing run.
+
+    A SWMR writer gives up HDF5's own file lock (so readers can open the file), so without this
+    two runs writing the same output would both "resume" it. The kernel drops the lock when the
+    process dies, so a SIGKILLed run never blocks the next one.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path.with_name(path.name + ".lock")
+        self._fh = None
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return
+        fh = open(self.path, "a+b")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            raise StoreError(
+                f"another process is writing {path} (lock {self.path} is held); wait for it to finish "
+                "or write to another file"
+            ) from None
+        self._fh = fh
+
+    def release(self) -> None:
+        if self._fh is not None:
+            try:
+                self.path.unlink()
+            except OSError:
+                pass
+            self._fh.close()
+            self._fh = None
+
+
+def _open_write(path: Path, timeout: float = 10.0) -> h5py.File:
+    """Open for writing; wait while a reader holds HDF5's file lock (e.g. `c3dfeat info`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return h5py.File(path, "r+", libver="latest")
+        except OSError as e:
+            if "lock" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def _open_read(path: Union[str, Path]) -> h5py.File:
     path = Path(path)
     if not path.exists():
@@ -332,7 +381,7 @@ class FeatureWriter:
             raise
         f.close()
         os.replace(tmp, path)  # a half-created layout never sits at `path`
-        f = h5py.File(path, "r+", libver="latest")
+        f = _open_write(path)
         f.swmr_mode = True
         return cls(f, models, dtype)
 
@@ -535,6 +584,9 @@ class FeatureWriter:
     def close(self) -> None:
         if self._f.id.valid:
             self._f.close()
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
 
     def __enter__(self) -> "FeatureWriter":
         return self
@@ -581,6 +633,18 @@ def open_writer(
     keys = [m.key for m in models]
     if len(set(keys)) != len(keys):
         raise ValueError(f"model keys must be unique, got {keys}")
+    lock = _RunLock(path)
+    try:
+        w = _open_writer(path, models, provenance, dtype, overwrite, command_line, shard, run)
+    except BaseException:
+        lock.release()
+        raise
+    w._lock = lock
+    return w
+
+
+def _open_writer(path, models, provenance, dtype, overwrite, command_line, shard, run) -> FeatureWriter:
+    keys = [m.key for m in models]
     run_attrs = {"command_line": command_line, "created_utc": _utcnow(), "shard": shard,
                  "run": json.dumps(_canon(dict(run or {})), sort_keys=True)}
     full = {**_canon(provenance), "store": {"dtype": np.dtype(dtype).name}}
@@ -591,9 +655,12 @@ def open_writer(
         return FeatureWriter._create(path, models, full, dtype, run_attrs)
     recovered = recover_file(path)
     try:
-        f = h5py.File(path, "r+", libver="latest")
+        f = _open_write(path)
     except OSError as e:
-        raise StoreError(f"cannot reopen {path} to resume: {e}; use --overwrite to start over") from None
+        raise StoreError(
+            f"cannot reopen {path} to resume: {e}; if another process has it open, wait for it, "
+            "else use --overwrite to start over"
+        ) from None
     try:
         if f.attrs.get("format") != FORMAT:
             raise StoreError(f"{path} is not a c3dfeat feature file; choose another output or use --overwrite")

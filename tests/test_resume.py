@@ -39,19 +39,19 @@ def _committed(out: Path) -> int:
         return -1
 
 
-def _run_until(cmd, out: Path, condition, timeout: float = 120.0) -> bool:
-    """Start `cmd`, SIGKILL it as soon as `condition(out)` holds; True if it was killed."""
+def _run_until(cmd, out: Path, condition, timeout: float = 120.0) -> None:
+    """Start `cmd`, SIGKILL it as soon as `condition(out)` holds (fails if it ends first)."""
     env = dict(os.environ, TINY3D_SLEEP="0.04")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     t0 = time.monotonic()
     try:
         while proc.poll() is None and time.monotonic() - t0 < timeout:
             if condition(out):
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
-                return True
+                return
             time.sleep(0.01)
-        return False
+        raise AssertionError(f"run ended (rc={proc.poll()}) before the kill point: {proc.stderr.read()[-3000:]}")
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -77,13 +77,13 @@ def test_sigkill_at_several_points_then_resume_equals_uninterrupted(tmp_path, vi
     out = tmp_path / "out.h5"
     cmd = _cmd(videos, out)
     # 1) as soon as the file exists (before or during the first commits)
-    assert _run_until(cmd, out, lambda p: p.exists())
+    _run_until(cmd, out, lambda p: p.exists())
     # 2) after at least 2 committed videos
-    assert _run_until(cmd, out, lambda p: _committed(p) >= 2)
+    _run_until(cmd, out, lambda p: _committed(p) >= 2)
     n2 = _committed(out)
     assert n2 >= 2
     # 3) in the middle of the long video: text.mp4, v0..v4 committed, v5 (~0.8 s) being extracted
-    assert _run_until(cmd, out, lambda p: _committed(p) >= 6)
+    _run_until(cmd, out, lambda p: _committed(p) >= 6)
     assert _committed(out) == 6
     # finish: the same command, to the end
     proc = subprocess.run(cmd, env=dict(os.environ), capture_output=True, text=True)

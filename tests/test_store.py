@@ -248,3 +248,15 @@ def test_recover_file_clears_flags_only_when_set(tmp_path):
     with open_writer(p, MODELS, PROV) as w:
         w.add_video(*_video(1, 1))
     assert recover_file(p) is False  # cleanly closed
+
+
+def test_second_writer_on_the_same_file_is_refused(tmp_path):
+    p = tmp_path / "f.h5"
+    with open_writer(p, MODELS, PROV) as w:
+        w.add_video(*_video(1, 1))
+        with pytest.raises(StoreError, match="another process is writing"):
+            open_writer(p, MODELS, PROV)
+        assert FeatureFile(p).num_videos == 1  # readers are welcome meanwhile
+    assert not (tmp_path / "f.h5.lock").exists()
+    with open_writer(p, MODELS, PROV) as w:  # released on close
+        assert w.done_ids == ["dir/v1.mp4"]
