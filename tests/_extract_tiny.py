@@ -7,7 +7,9 @@ with `tiny3d_id`). Layers:
 * ``conv``: a seeded 3-D conv + ReLU + global average pool (8,) — real arithmetic;
 * ``pool``: mean over time of ``input`` per channel (3,).
 
-`register()` is idempotent; subprocesses call it before running the CLI.
+Nothing is registered on import (the registry-wide model tests must not see these): tests use
+the `tiny_models` fixture, which registers them and removes them afterwards; subprocesses call
+`register()` before running the CLI.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import os
 import time
 from typing import Dict, Sequence
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -68,10 +71,19 @@ def _spec(name: str, crop: int) -> ModelSpec:
     )
 
 
-def register() -> None:
+def register() -> list:
+    """Register tiny3d / tiny3d_id (idempotent); returns the names this call added."""
+    added = []
     for name, crop in (("tiny3d", 24), ("tiny3d_id", 32)):
         if name not in _REGISTRY:
             register_model(_spec(name, crop))
+            added.append(name)
+    return added
 
 
-register()
+@pytest.fixture
+def tiny_models():
+    added = register()
+    yield
+    for name in added:
+        _REGISTRY.pop(name, None)

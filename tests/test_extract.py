@@ -19,7 +19,10 @@ from c3dfeat.sampling import SamplingConfig, sample_clips
 from c3dfeat.store import FeatureFile
 from c3dfeat.transforms import ClipTransform
 from c3dfeat.video import open_video
-from tests import _extract_tiny  # noqa: F401  (registers tiny3d / tiny3d_id)
+from tests import _extract_tiny
+from tests._extract_tiny import tiny_models  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.usefixtures("tiny_models")
 from tests.synth import frame_index, make_broken, make_video
 from tests.test_store import _assert_same_datasets
 

@@ -13,6 +13,7 @@ import pytest
 
 from c3dfeat.errors import StoreError
 from c3dfeat.store import FeatureFile
+from tests._extract_tiny import tiny_models  # noqa: F401  (fixture)
 from tests.synth import make_broken, make_video
 from tests.test_store import _assert_same_datasets
 
@@ -21,7 +22,7 @@ pytest.importorskip("decord")
 
 REPO = Path(__file__).resolve().parents[1]
 _MAIN = (
-    "import sys; sys.path.insert(0, {repo!r}); import tests._extract_tiny; "
+    "import sys; sys.path.insert(0, {repo!r}); import tests._extract_tiny as t; t.register(); "
     "from c3dfeat.cli import main; sys.argv[0] = 'c3dfeat'; main()"
 )
 
@@ -68,8 +69,7 @@ def videos(tmp_path_factory):
     return d
 
 
-def test_sigkill_at_several_points_then_resume_equals_uninterrupted(tmp_path, videos):
-    from tests import _extract_tiny  # noqa: F401
+def test_sigkill_at_several_points_then_resume_equals_uninterrupted(tmp_path, videos, tiny_models):
     from c3dfeat.extract import extract
 
     ref = tmp_path / "ref.h5"
