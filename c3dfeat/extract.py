@@ -397,7 +397,7 @@ def extract(
     dtype: str = "fp32",
     batch_size: int = 8,
     workers: int = 2,
-    decoder: str = "decord",
+    decoder: str = "pyav",
     clip_len: Optional[int] = None,
     stride: Optional[int] = None,
     frame_step: Optional[int] = None,

@@ -1,4 +1,7 @@
-"""Decode video frames by index: decord (default) or PyAV behind one small reader interface.
+"""Decode video frames by index: PyAV (default) or decord behind one small reader interface.
+
+PyAV is the default because decord's resident memory grows with the length of the video while
+the model runs (docs/extract.md, "Performance"); decord stays available (`--decoder decord`).
 
 Frames are addressed by their index in presentation order (0 = first decoded frame), never by
 timestamp: container timestamps are unreliable (the UCF101 AVI of the C3D examples has them out
@@ -448,7 +451,7 @@ class _LostTrack(Exception):
     """A decoded frame's timestamp does not give the expected index (PyAV seeking)."""
 
 
-def open_video(path: PathLike, backend: str = "decord", threads: int = 0) -> VideoReader:
+def open_video(path: PathLike, backend: str = "pyav", threads: int = 0) -> VideoReader:
     """Open `path` with `backend` ("decord" or "pyav"); `threads` = decoder threads (0 = auto)."""
     if backend == "decord":
         return DecordReader(path, threads=threads)

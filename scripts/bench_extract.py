@@ -114,7 +114,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--decoder", default="decord", choices=["decord", "pyav"])
+    ap.add_argument("--decoder", default="pyav", choices=["pyav", "decord"])
     ap.add_argument("--model-batches", type=int, default=4, help="timed batches for model-only")
     ap.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "c3dfeat-bench")
     ap.add_argument("--long-stride", type=int, default=None,

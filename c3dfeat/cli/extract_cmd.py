@@ -83,7 +83,13 @@ def _crop(value: str):
 @click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True, help="Compute dtype (fp32 is exact).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Clips per forward pass.")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Decoding threads.")
-@click.option("--decoder", type=click.Choice(["decord", "pyav"]), default="decord", show_default=True)
+@click.option(
+    "--decoder",
+    type=click.Choice(["pyav", "decord"]),
+    default="pyav",
+    show_default=True,
+    help="Frame reader (decord's memory grows with video length; see docs/extract.md).",
+)
 @click.option("--clip-len", type=click.IntRange(min=1), default=None, help="Frames per clip (default: the model's).")
 @click.option("--stride", type=click.IntRange(min=1), default=None, help="Frames between clip starts (default: the model's).")
 @click.option("--frame-step", type=click.IntRange(min=1), default=None, help="Step between a clip's frames (default: the model's).")
