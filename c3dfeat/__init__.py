@@ -8,9 +8,8 @@ from c3dfeat.models import (
 )
 from c3dfeat.version import __version__ as __version__
 
-# Python API of `c3dfeat extract` and the feature-file reader. `c3dfeat.extract` is the module,
-# made callable: c3dfeat.extract(...) == c3dfeat.extract.extract(...).
-from c3dfeat import extract as extract  # noqa: E402
+# Python API of `c3dfeat extract` (the pipeline module) and the feature-file reader.
+from c3dfeat.pipeline import extract as extract  # noqa: E402
 from c3dfeat.store import FeatureFile as FeatureFile  # noqa: E402
 
 # Python API of `c3dfeat linear-eval` (the papers' linear-SVM protocol on a feature file).

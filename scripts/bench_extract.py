@@ -64,7 +64,7 @@ def synth_video(path: Path, seconds: float, fps: int = 30, size=(360, 640)) -> P
 def model_only(model: str, batch: int, batches: int, device: str, random_init: bool) -> float:
     import torch
 
-    from c3dfeat.extract import ModelRequest, _build_model, _pick_device
+    from c3dfeat.pipeline import ModelRequest, _build_model, _pick_device
     from c3dfeat.models import extract_layers
 
     dev = _pick_device(device)
@@ -86,7 +86,7 @@ def model_only(model: str, batch: int, batches: int, device: str, random_init: b
 _CHILD = """
 import json, resource, sys
 sys.path.insert(0, {repo!r})
-from c3dfeat.extract import extract
+from c3dfeat.pipeline import extract
 kw = json.loads(sys.argv[1])
 r = extract(**kw)
 print(json.dumps({{"clips": r.clips, "run_seconds": r.run_seconds, "ok": r.ok, "failed": len(r.failed),

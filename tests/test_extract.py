@@ -13,7 +13,7 @@ import c3dfeat
 from c3dfeat.cli import cli
 from c3dfeat.cli.extract_cmd import EXIT_SOME_FAILED, _parse_models
 from c3dfeat.errors import ConfigError, ProvenanceMismatchError
-from c3dfeat.extract import ModelRequest, extract
+from c3dfeat.pipeline import ModelRequest, extract
 from c3dfeat.models import create_model, extract_layers, get_spec
 from c3dfeat.sampling import SamplingConfig, sample_clips
 from c3dfeat.store import FeatureFile
@@ -331,7 +331,7 @@ class _FakeReader:
 def test_each_frame_decoded_once_for_all_models_in_bounded_windows():
     import threading
 
-    from c3dfeat.extract import _build_model, _ClipItem, _stream_clips
+    from c3dfeat.pipeline import _build_model, _ClipItem, _stream_clips
 
     kw = dict(random_init=True, weights_dir=None, crops="center", crop_reduce="mean", device=torch.device("cpu"),
               dtype=torch.float32)

@@ -70,7 +70,7 @@ def videos(tmp_path_factory):
 
 
 def test_sigkill_at_several_points_then_resume_equals_uninterrupted(tmp_path, videos, tiny_models):
-    from c3dfeat.extract import extract
+    from c3dfeat.pipeline import extract
 
     ref = tmp_path / "ref.h5"
     extract([videos], ref, [("tiny3d", ["conv", "input"])], random_init=True, device="cpu", batch_size=2)

@@ -1,4 +1,4 @@
-"""`c3dfeat extract`, `c3dfeat merge`, `c3dfeat info`: thin wrappers over c3dfeat.extract / store."""
+"""`c3dfeat extract`, `c3dfeat merge`, `c3dfeat info`: thin wrappers over c3dfeat.pipeline / store."""
 from __future__ import annotations
 
 import json
@@ -109,7 +109,7 @@ def extract_command(inputs, output, models, layers, device, dtype, batch_size, w
                     frame_step, num_clips, fps, tail, crop, crop_reduce, weights, weights_dir, random_init, half,
                     overwrite, shard, quiet) -> None:
     """Extract features of videos (files, folders, list files) into one HDF5 file."""
-    from c3dfeat.extract import ModelRequest, extract
+    from c3dfeat.pipeline import ModelRequest, extract
 
     pairs = _parse_models(models, layers)
     paths: Dict[str, str] = {}

@@ -30,7 +30,6 @@ import shlex
 import sys
 import threading
 import time
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -704,14 +703,3 @@ def _run(
         stop.set()
         for t in threads:
             t.join(timeout=10)
-
-
-class _CallableModule(types.ModuleType):
-    """`c3dfeat.extract(...)` calls :func:`extract`, while `c3dfeat.extract` stays this module
-    (so `import c3dfeat.extract as m` and `from c3dfeat.extract import ModelRequest` work)."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> ExtractReport:
-        return extract(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
