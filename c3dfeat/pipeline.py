@@ -394,7 +394,7 @@ def extract(
     *,
     device: str = "auto",
     dtype: str = "fp32",
-    batch_size: int = 8,
+    batch_size: int = 4,
     workers: int = 2,
     decoder: str = "pyav",
     clip_len: Optional[int] = None,

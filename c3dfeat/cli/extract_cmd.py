@@ -81,7 +81,8 @@ def _crop(value: str):
 @click.option("--layers", "layers", multiple=True, metavar="[MODEL:]L1,L2", help="Layers to store (repeatable).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True, help="Compute dtype (fp32 is exact).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Clips per forward pass.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Clips per forward pass (4: same CPU speed as 8 with ~400 MiB less; raise it on a GPU).")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Decoding threads.")
 @click.option(
     "--decoder",
