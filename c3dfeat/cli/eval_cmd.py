@@ -175,12 +175,7 @@ def linear_eval_command(feats: Optional[str], feature_specs: Sequence[str], fusi
                             cfg=cfg, on_split=None if as_json else
                             lambda s: _err(f"{s.name}: concat {s.concat:.2f}%, G-Blend "
                                            f"{_pct(s.gblend)}%"))
-        for n in run.notes:
-            _err(n)
-        if as_json:
-            click.echo(json.dumps(run.result.to_dict(), indent=2))
-        else:
-            _print_fusion(run)
+        _report(run, as_json, _print_fusion)
         return
     svm = _svm(kw)
     run = evaluate_features(feats or DEFAULT_FEATS, model=kw["model"], layer=kw["layer"],
@@ -188,12 +183,17 @@ def linear_eval_command(feats: Optional[str], feature_specs: Sequence[str], fusi
                             on_split=None if as_json else
                             lambda s: _err(f"{s.name}: top-1 {s.top1:.2f}% (C={s.C:g}, "
                                            f"{s.seconds:.1f} s)"))
+    _report(run, as_json, _print_eval)
+
+
+def _report(run, as_json: bool, printer) -> None:
+    """Notes on stderr, then the result as JSON or as `printer`'s table."""
     for n in run.notes:
         _err(n)
     if as_json:
         click.echo(json.dumps(run.result.to_dict(), indent=2))
     else:
-        _print_eval(run)
+        printer(run)
 
 
 @cli.command("pca", epilog="""\b

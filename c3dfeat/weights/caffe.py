@@ -142,12 +142,15 @@ def _parse(package: str, message: str, data: bytes, path: str):
     return msg
 
 
-def read_caffe_v1(path: os.PathLike) -> List[CaffeLayer]:
-    """The layers (with their blobs) of a C3D-v1.0 `.caffemodel` (V1 `layers`, C3D BlobProto)."""
+def _parse_file(package: str, message: str, path: os.PathLike):
     with open(path, "rb") as f:
         data = f.read()
-    net = _parse("caffe_v10", "NetParameter", data, str(path))
-    del data
+    return _parse(package, message, data, str(path))
+
+
+def read_caffe_v1(path: os.PathLike) -> List[CaffeLayer]:
+    """The layers (with their blobs) of a C3D-v1.0 `.caffemodel` (V1 `layers`, C3D BlobProto)."""
+    net = _parse_file("caffe_v10", "NetParameter", path)
     layers = []
     for lp in net.layers:
         blobs = [_blob_array(b, "caffe_v10", f"{path}: layer {lp.name!r} blob {i}") for i, b in enumerate(lp.blobs)]
@@ -159,10 +162,7 @@ def read_caffe_v1(path: os.PathLike) -> List[CaffeLayer]:
 
 def read_caffe_v11(path: os.PathLike) -> List[CaffeLayer]:
     """The layers of a C3D-v1.1 `.caffemodel` (`layer` = 100, BlobShape)."""
-    with open(path, "rb") as f:
-        data = f.read()
-    net = _parse("caffe_v11", "NetParameter", data, str(path))
-    del data
+    net = _parse_file("caffe_v11", "NetParameter", path)
     layers = []
     for lp in net.layer:
         blobs = [_blob_array(b, "caffe_v11", f"{path}: layer {lp.name!r} blob {i}") for i, b in enumerate(lp.blobs)]
@@ -175,9 +175,7 @@ def read_caffe_v11(path: os.PathLike) -> List[CaffeLayer]:
 
 def read_mean_cube(path: os.PathLike) -> np.ndarray:
     """The (C, L, H, W) float32 volume of a C3D-v1.0 `.binaryproto` mean file (num must be 1)."""
-    with open(path, "rb") as f:
-        data = f.read()
-    blob = _parse("caffe_v10", "BlobProto", data, str(path))
+    blob = _parse_file("caffe_v10", "BlobProto", path)
     arr = _blob_array(blob, "caffe_v10", str(path))
     if arr.ndim != 5 or arr.shape[0] != 1 or arr.size == 0:
         raise ConversionError(f"{path}: mean blob has shape {arr.shape}; expected (1, C, L, H, W)")
