@@ -191,7 +191,7 @@ def _build_model(
         )
     from c3dfeat.models._info import layer_shapes
 
-    size = (sampling.clip_len, transform.crop, transform.crop)
+    size = (sampling.clip_len, transform.crop_size, transform.crop_size)
     shapes = layer_shapes(spec, size)
     n_crops = transform.num_crops
     keep = crop_reduce == "none" and n_crops > 1

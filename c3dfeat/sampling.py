@@ -74,12 +74,12 @@ class SamplingConfig:
 
     @classmethod
     def from_preprocessing(cls, pre: Any, **overrides: Any) -> "SamplingConfig":
-        """Defaults from a model's `Preprocessing` (clip_len, frame_step, clip_stride, fps).
+        """Defaults from a model's `Preprocessing` (clip_len, frame_step, stride, fps).
 
         `overrides` whose value is None are ignored (so CLI options can be passed straight);
         ``fps=0`` means "no resampling" for a model whose spec resamples (torchvision: 15).
         """
-        values = dict(clip_len=pre.clip_len, frame_step=pre.frame_step, stride=pre.clip_stride, fps=pre.fps)
+        values = dict(clip_len=pre.clip_len, frame_step=pre.frame_step, stride=pre.stride, fps=pre.fps)
         unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ConfigError(f"sampling: unknown option(s) {', '.join(sorted(unknown))}")

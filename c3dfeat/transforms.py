@@ -97,7 +97,7 @@ class ClipTransform:
         if crops not in ("center", 3, 10):
             raise ConfigError(f"crops must be 'center', 3 or 10, got {crops!r}")
         self.crops: Crops = crops
-        self.crop = int(preprocessing.crop)
+        self.crop_size = int(preprocessing.crop_size)
         if quantize_resize is None:  # the spec's own rule when it has one, else uint8 (see step 1)
             quantize_resize = getattr(preprocessing, "quantize_resize", True)
         self.quantize_resize = bool(quantize_resize)
@@ -160,8 +160,8 @@ class ClipTransform:
             raise ConfigError(f"frames must be (n, H, W, 3) RGB, got shape {tuple(x.shape)}")
         n, h, w, _ = x.shape
         rh, rw = resized_size(h, w, self.pre.resize)
-        offsets = crop_offsets(rh, rw, self.crop, self.crops, self.pre.crop_rounding)
-        c = self.crop
+        offsets = crop_offsets(rh, rw, self.crop_size, self.crops, self.pre.crop_rounding)
+        c = self.crop_size
         # the bounding box of all crops: later steps only touch these rows/columns
         y0, y1 = min(o[0] for o in offsets), max(o[0] for o in offsets) + c
         x0, x1 = min(o[1] for o in offsets), max(o[1] for o in offsets) + c
@@ -222,7 +222,7 @@ class ClipTransform:
         """The cube cropped (and mirrored) like the frames, divided by std: (n_crops, 3, T, c, c)."""
         key = tuple(self._cube.shape[2:])
         if key not in self._cube_crops:
-            c = self.crop
+            c = self.crop_size
             crops = []
             for top, left, mirrored in crop_offsets(key[0], key[1], c, self.crops, self.pre.crop_rounding):
                 part = self._cube[:, :, top : top + c, left : left + c]

@@ -70,7 +70,7 @@ def model_only(model: str, batch: int, batches: int, device: str, random_init: b
     dev = _pick_device(device)
     m = _build_model(ModelRequest(model), random_init=random_init, weights_dir=None, sampling_overrides={},
                      crops="center", crop_reduce="mean", device=dev, dtype=torch.float32)
-    t, c = m.sampling.clip_len, m.transform.crop
+    t, c = m.sampling.clip_len, m.transform.crop_size
     x = torch.randn(batch, 3, t, c, c).to(dev)
     extract_layers(m.net, x, m.layers)  # warm-up
     if dev.type == "cuda":

@@ -82,7 +82,7 @@ def test_spec_is_consistent(arch):
         if c.sha256_prefix:
             assert c.sha256_prefix in c.file_name  # torch.hub convention: name-<prefix>.ext
         pre = dataclasses.replace(spec.preprocessing, **dict(c.preprocessing))
-        assert pre.clip_len > 0 and pre.frame_step > 0 and pre.clip_stride > 0
+        assert pre.clip_len > 0 and pre.frame_step > 0 and pre.stride > 0
 
 
 @pytest.mark.parametrize("name", TAGGED)
@@ -91,7 +91,7 @@ def test_every_tag_resolves(name):
     arch, tag = name.split(".")
     assert spec.checkpoint.tag == tag and spec.full_name == name
     assert spec.layer_shape("logits") == (spec.checkpoint.num_classes,)
-    assert spec.input_size == (spec.preprocessing.clip_len, spec.preprocessing.crop, spec.preprocessing.crop)
+    assert spec.input_size == (spec.preprocessing.clip_len, spec.preprocessing.crop_size, spec.preprocessing.crop_size)
 
 
 def test_unknown_names_raise_typed_errors():
@@ -118,7 +118,7 @@ def test_preprocessing_facts_per_source():
     assert get_spec("r2plus1d_34.ig65m_8f").preprocessing.clip_len == 8
     assert get_spec("r2plus1d_34.ig65m_32f").preprocessing.clip_len == 32
     csn = get_spec("ir_csn_152").preprocessing
-    assert (csn.clip_len, csn.frame_step, csn.resize, csn.crop) == (32, 2, 256, 224)
+    assert (csn.clip_len, csn.frame_step, csn.resize, csn.crop_size) == (32, 2, 256, 224)
     ptv = get_spec("r2plus1d_r50").preprocessing
     assert (ptv.clip_len, ptv.frame_step, ptv.fps, ptv.mean, ptv.std) == (16, 4, 30.0, (0.45,) * 3, (0.225,) * 3)
 

@@ -23,8 +23,8 @@ def test_json_lists_models_with_facts(tmp_path):
     info = out[0]
     assert info["params"] == 33_371_472  # torchvision's documented count (models.md §3.1)
     assert abs(info["gflops"] / 2 - 40.697) < 0.1  # documented 40.697 G multiply-adds
-    assert info["clip"] == {"clip_len": 16, "frame_step": 1, "clip_stride": 16, "fps": 15.0,
-                            "resize": [128, 171], "crop": 112, "channel_order": "RGB"}
+    assert info["clip"] == {"clip_len": 16, "frame_step": 1, "stride": 16, "fps": 15.0,
+                            "resize": [128, 171], "crop_size": 112, "channel_order": "RGB"}
     assert [(layer["name"], layer["dim"]) for layer in info["layers"]] == [
         ("res5", 512 * 2 * 7 * 7), ("pool5", 512), ("logits", 400)]
     (c,) = info["checkpoints"]

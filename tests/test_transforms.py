@@ -92,7 +92,7 @@ def test_bilinear_golden_values_and_rounding():
     # -> 0 (clamped), 0.25, 0.75, 1 (clamped) -> 0, 12.5, 37.5, 50; rounded half to even: 12, 38
     frame = np.zeros((1, 2, 2, 3), dtype=np.uint8)
     frame[0, :, 1] = 50
-    pre = plain(R3D, resize=(2, 4), crop=2, crop_rounding="floor")
+    pre = plain(R3D, resize=(2, 4), crop_size=2, crop_rounding="floor")
     row = ClipTransform(pre, crops=3)(frame)  # along the long side: left, centre, right 2x2 crops
     got = torch.cat([row[0, 0, 0, 0], row[2, 0, 0, 0]]).tolist()
     assert got == [0, 12, 38, 50]

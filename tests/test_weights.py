@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from c3dfeat.cli import cli
 from c3dfeat.errors import ChecksumError, UnsafePickleError, WeightsError, WeightsNotFoundError
 from c3dfeat.models import _registry, create_model, get_spec
-from c3dfeat.models._spec import Checkpoint, LayerSpec, ModelSpec, Preprocessing
+from c3dfeat.specs import Checkpoint, LayerSpec, ModelSpec, Preprocessing
 from c3dfeat.weights import fetch as download_mod
 from c3dfeat.weights import find_local_file, load_pretrained, paths, search_dirs
 from c3dfeat.weights.safe_pickle import safe_loads

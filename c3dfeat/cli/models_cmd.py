@@ -57,9 +57,9 @@ def models_command(as_json: bool, weights_dir: Optional[str], pattern: str) -> N
         clip = info["clip"]
         t, h, w = info["input_size"]
         clip_txt = (
-            f"{t}x{h}x{w}, step {clip['frame_step']}, stride {clip['clip_stride']}"
+            f"{t}x{h}x{w}, step {clip['frame_step']}, stride {clip['stride']}"
             + (f" @{clip['fps']:g}fps" if clip["fps"] else "")
-            + f"\n{_fmt_resize(clip['resize'])} -> {clip['crop']}, {clip['channel_order']}"
+            + f"\n{_fmt_resize(clip['resize'])} -> {clip['crop_size']}, {clip['channel_order']}"
         )
         layers = "\n".join(
             f"{'*' if layer['default'] else ' '}{layer['name']} "

@@ -15,7 +15,7 @@ from c3dfeat.models._info import (
     num_params as num_params,
 )
 from c3dfeat.models._layers import ClipSizeError as ClipSizeError
-from c3dfeat.models._spec import (
+from c3dfeat.specs import (
     Checkpoint as Checkpoint,
     LayerSpec as LayerSpec,
     ModelSpec as ModelSpec,

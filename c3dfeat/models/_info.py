@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
-from c3dfeat.models._spec import ModelSpec
+from c3dfeat.specs import ModelSpec
 
 __all__ = ["layer_shapes", "num_params", "gflops_per_clip", "model_info"]
 
@@ -104,10 +104,10 @@ def model_info(spec: Union[str, ModelSpec], weights_dir: Any = None) -> Dict[str
         "clip": {
             "clip_len": pre.clip_len,
             "frame_step": pre.frame_step,
-            "clip_stride": pre.clip_stride,
+            "stride": pre.stride,
             "fps": pre.fps,
             "resize": list(pre.resize) if isinstance(pre.resize, tuple) else pre.resize,
-            "crop": pre.crop,
+            "crop_size": pre.crop_size,
             "channel_order": pre.channel_order,
         },
         "layers": [

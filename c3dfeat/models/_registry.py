@@ -1,6 +1,7 @@
 """The model registry: names -> ModelSpec, and the public builders on top of it."""
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Union
@@ -9,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from c3dfeat.errors import UnknownModelError
-from c3dfeat.models._spec import ModelSpec
+from c3dfeat.specs import ModelSpec
 
 _REGISTRY: Dict[str, ModelSpec] = {}
 
@@ -52,7 +53,16 @@ def get_spec(name: str) -> ModelSpec:
             f"unknown model {arch!r}; available models: {', '.join(sorted(_REGISTRY))} "
             "(`c3dfeat models` lists them with their checkpoint tags)"
         ) from None
-    return spec.resolve(tag)
+    resolved = spec.resolve(tag)
+    if resolved.input_size != spec.input_size:
+        # The checkpoint's own clip size moves the layer shapes: re-derive them from the
+        # architecture (meta device, no compute).
+        from c3dfeat.models._info import layer_shapes
+
+        shapes = layer_shapes(resolved)
+        layers = tuple(dataclasses.replace(layer, shape=shapes[layer.name]) for layer in resolved.layers)
+        resolved = dataclasses.replace(resolved, layers=layers)
+    return resolved
 
 
 def create_model(

@@ -17,7 +17,7 @@ import torch.nn as nn
 from c3dfeat.models._common import SPORTS1M_LABELS as _SPORTS1M_LABELS
 from c3dfeat.models._layers import ClipSizeError, LayerwiseModel, Step
 from c3dfeat.models._registry import register_model
-from c3dfeat.models._spec import Checkpoint, LayerSpec, ModelSpec, Preprocessing
+from c3dfeat.specs import Checkpoint, LayerSpec, ModelSpec, Preprocessing
 
 __all__ = ["C3D"]
 
@@ -126,9 +126,9 @@ C3D_SPEC = register_model(
         preprocessing=Preprocessing(
             clip_len=16,
             frame_step=1,
-            clip_stride=8,  # the paper's video descriptor: 16-frame clips overlapping by 8
+            stride=8,  # the paper's video descriptor: 16-frame clips overlapping by 8
             resize=(128, 171),  # cv::resize to 171x128, INTER_LINEAR
-            crop=112,
+            crop_size=112,
             crop_rounding="floor",  # Caffe: h_off = (128-112)/2 = 8, w_off = (171-112)/2 = 29
             channel_order="BGR",  # OpenCV decodes BGR; conv1's input channels are B, G, R
             scale=1.0,  # 0-255 units, no std

@@ -19,7 +19,7 @@ from c3dfeat.models._common import (
 )
 from c3dfeat.models._registry import register_model
 from c3dfeat.models._resnet import VideoResNet
-from c3dfeat.models._spec import Checkpoint, LayerSpec, ModelSpec, Preprocessing
+from c3dfeat.specs import Checkpoint, LayerSpec, ModelSpec, Preprocessing
 
 __all__ = ["r2plus1d_34"]
 
@@ -51,7 +51,7 @@ def _pth(tag, file_name, prefix, classes, dataset, frames, labels) -> Checkpoint
         # torch.hub-style prefix; the ig65m loader does not check it, but it is a SHA-256 prefix (§0.2)
         sha256_prefix=prefix,
         labels=labels,
-        preprocessing=(("clip_len", frames), ("clip_stride", frames)),
+        preprocessing=(("clip_len", frames), ("stride", frames)),
     )
 
 
@@ -64,7 +64,7 @@ def _pkl(tag, dropbox, file_name, classes, dataset, frames, labels, notes="") ->
         num_classes=classes,
         dataset=dataset,
         labels=labels,
-        preprocessing=(("clip_len", frames), ("clip_stride", frames)),
+        preprocessing=(("clip_len", frames), ("stride", frames)),
         notes=("original Caffe2 release (VMZ model zoo); converted on load. " + notes).strip(),
     )
 
@@ -105,9 +105,9 @@ R2PLUS1D_34_SPEC = register_model(
         preprocessing=Preprocessing(
             clip_len=32,
             frame_step=1,
-            clip_stride=32,  # ig65m `extract`: non-overlapping clips
+            stride=32,  # ig65m `extract`: non-overlapping clips
             resize=(128, 171),
-            crop=112,
+            crop_size=112,
             crop_rounding="floor",
             channel_order="RGB",
             scale=1.0 / 255.0,

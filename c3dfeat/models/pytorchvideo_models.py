@@ -22,7 +22,7 @@ import torch.nn as nn
 from c3dfeat.models._common import KINETICS400_LABELS_PYSLOWFAST, LOGITS_ALIASES
 from c3dfeat.models._layers import ClipSizeError, LayerwiseModel, Step
 from c3dfeat.models._registry import register_model
-from c3dfeat.models._spec import Checkpoint, LayerSpec, ModelSpec, Preprocessing
+from c3dfeat.specs import Checkpoint, LayerSpec, ModelSpec, Preprocessing
 
 __all__ = ["PTVResNet", "csn_r101", "r2plus1d_r50"]
 
@@ -192,10 +192,10 @@ def _pre(clip_len: int, frame_step: int) -> Preprocessing:
     return Preprocessing(
         clip_len=clip_len,
         frame_step=frame_step,
-        clip_stride=clip_len * frame_step // 2,  # 64-frame span, 50 % overlap
+        stride=clip_len * frame_step // 2,  # 64-frame span, 50 % overlap
         fps=30.0,
         resize=256,
-        crop=256,
+        crop_size=256,
         crop_rounding="round",
         channel_order="RGB",
         scale=1.0 / 255.0,

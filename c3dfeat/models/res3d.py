@@ -13,7 +13,7 @@ from __future__ import annotations
 from c3dfeat.models._common import LOGITS_ALIASES, SPORTS1M_LABELS
 from c3dfeat.models._registry import register_model
 from c3dfeat.models._resnet import VideoResNet
-from c3dfeat.models._spec import Checkpoint, LayerSpec, ModelSpec, Preprocessing
+from c3dfeat.specs import Checkpoint, LayerSpec, ModelSpec, Preprocessing
 
 __all__ = ["res3d_18"]
 
@@ -54,9 +54,9 @@ RES3D_SPEC = register_model(
         preprocessing=Preprocessing(
             clip_len=8,
             frame_step=2,  # `sampling_rate: 2`: frames t, t+2, ..., t+14 (§2.4)
-            clip_stride=8,  # 16-frame span, 50 % overlap as for C3D
+            stride=8,  # 16-frame span, 50 % overlap as for C3D
             resize=(128, 171),
-            crop=112,
+            crop_size=112,
             crop_rounding="floor",  # Caffe: offsets (8, 29)
             channel_order="BGR",
             scale=1.0,

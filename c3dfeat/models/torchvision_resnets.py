@@ -17,7 +17,7 @@ from c3dfeat.models._common import (
 )
 from c3dfeat.models._registry import register_model
 from c3dfeat.models._resnet import VideoResNet
-from c3dfeat.models._spec import Checkpoint, LayerSpec, ModelSpec, Preprocessing
+from c3dfeat.specs import Checkpoint, LayerSpec, ModelSpec, Preprocessing
 
 __all__ = ["r3d_18", "mc3_18", "r2plus1d_18"]
 
@@ -49,10 +49,10 @@ def r2plus1d_18(num_classes: int = 400) -> VideoResNet:
 _PRE = Preprocessing(
     clip_len=16,
     frame_step=1,
-    clip_stride=16,  # non-overlapping 16-frame clips (v-iashin/video_features: stack 16, step 16)
+    stride=16,  # non-overlapping 16-frame clips (v-iashin/video_features: stack 16, step 16)
     fps=15.0,  # training clips were drawn after resampling to 15 fps
     resize=(128, 171),
-    crop=112,
+    crop_size=112,
     crop_rounding="round",  # torchvision center_crop: columns 30-141 (not Caffe's 29)
     antialias=False,
     channel_order="RGB",

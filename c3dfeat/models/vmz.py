@@ -26,7 +26,7 @@ from c3dfeat.models._common import (
 )
 from c3dfeat.models._registry import register_model
 from c3dfeat.models._resnet import VideoResNet
-from c3dfeat.models._spec import Checkpoint, LayerSpec, ModelSpec, Preprocessing
+from c3dfeat.specs import Checkpoint, LayerSpec, ModelSpec, Preprocessing
 
 __all__ = ["ir_csn_152", "ip_csn_152", "r2plus1d_152"]
 
@@ -94,9 +94,9 @@ def _checkpoints(
 _CSN_PRE = Preprocessing(
     clip_len=32,
     frame_step=2,
-    clip_stride=32,  # 64-frame span, 50 % overlap (VMZ `pt` feature extraction)
+    stride=32,  # 64-frame span, 50 % overlap (VMZ `pt` feature extraction)
     resize=256,
-    crop=224,
+    crop_size=224,
     crop_rounding="floor",
     channel_order="RGB",
     scale=1.0 / 255.0,
@@ -108,9 +108,9 @@ _CSN_PRE = Preprocessing(
 _R2P1_PRE = Preprocessing(
     clip_len=32,
     frame_step=1,
-    clip_stride=32,
+    stride=32,
     resize=(128, 171),
-    crop=112,
+    crop_size=112,
     crop_rounding="floor",
     channel_order="RGB",
     scale=1.0 / 255.0,

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from c3dfeat.errors import ChecksumError, WeightsError, WeightsNotFoundError
-from c3dfeat.models._spec import Checkpoint
+from c3dfeat.specs import Checkpoint
 from c3dfeat.weights import hashing
 
 # Seconds to wait before retry 1, 2, ... (per mirror); tests set this to zeros.

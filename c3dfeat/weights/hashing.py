@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from c3dfeat.errors import ChecksumError, WeightsError
-from c3dfeat.models._spec import Checkpoint
+from c3dfeat.specs import Checkpoint
 
 _CHUNK = 1 << 20
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from c3dfeat.errors import ChecksumError, ConversionError, WeightsError, WeightsNotFoundError
-from c3dfeat.models._spec import Checkpoint, ModelSpec
+from c3dfeat.specs import Checkpoint, ModelSpec
 from c3dfeat.weights import hashing
 from c3dfeat.weights.fetch import download_checkpoint, import_command
 from c3dfeat.weights.formats import TORCH, detect_format, load_torch_state_dict

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import List, Optional, Union
 
-from c3dfeat.models._spec import Checkpoint
+from c3dfeat.specs import Checkpoint
 
 PathLike = Union[str, Path]
 

@@ -9,7 +9,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Optional, Tuple, Union
 
-import torch.nn as nn
 
 CheckpointFormat = Literal[
     "state_dict",  # torch.save of a plain state_dict (torchvision, ig65m, VMZ .pth, DavideA c3d.pickle)
@@ -32,12 +31,12 @@ class Preprocessing:
     # --- clip sampling (in frames of the native timeline, or of the `fps` timeline when set)
     clip_len: int  # frames per clip fed to the network
     frame_step: int = 1  # distance between sampled frames inside a clip (Res3D/CSN: 2)
-    clip_stride: int = 8  # distance between clip starts (C3D paper protocol: 8 = 50 % overlap)
+    stride: int = 8  # distance between clip starts (C3D paper protocol: 8 = 50 % overlap)
     fps: Optional[float] = None  # resample the timeline to this rate first (torchvision: 15)
     # --- spatial
     # (H, W): resize to exactly this size; int: scale the short side to this, keep aspect ratio.
     resize: Union[Tuple[int, int], int] = (128, 171)
-    crop: int = 112
+    crop_size: int = 112  # side of the square crop
     # "floor": offsets (H-c)//2, (W-c)//2 as Caffe/Caffe2 (8, 29 for 128x171);
     # "round": torchvision's center_crop, int(round((H-c)/2)) (8, 30 for 128x171).
     crop_rounding: Literal["floor", "round"] = "floor"
@@ -103,7 +102,7 @@ class ModelSpec:
     """Everything about one architecture, and (when resolved) one of its checkpoints."""
 
     name: str  # architecture name: "c3d", "r2plus1d_34", ...
-    builder: Callable[..., nn.Module]  # builder(num_classes=...) -> nn.Module
+    builder: Callable[..., Any]  # builder(num_classes=...) -> nn.Module
     checkpoints: Tuple[Checkpoint, ...]  # first weights checkpoint = default
     preprocessing: Preprocessing  # the architecture's default preprocessing
     layers: Tuple[LayerSpec, ...]  # in forward order
@@ -151,15 +150,11 @@ class ModelSpec:
             ckpt = self.get_checkpoint(tag)
         pre = dataclasses.replace(self.preprocessing, **dict(ckpt.preprocessing))
         spec = dataclasses.replace(self, checkpoint=ckpt, preprocessing=pre)
-        size = (pre.clip_len, pre.crop, pre.crop)
+        size = (pre.clip_len, pre.crop_size, pre.crop_size)
         if size != self.input_size:
-            # The checkpoint's own clip (e.g. R(2+1)D-34 8 vs 32 frames) is its canonical input:
-            # re-derive the layer shapes from the architecture (meta device, no compute).
-            from c3dfeat.models._info import layer_shapes
-
-            shapes = layer_shapes(dataclasses.replace(spec, input_size=size))
-            layers = tuple(dataclasses.replace(layer, shape=shapes[layer.name]) for layer in self.layers)
-            spec = dataclasses.replace(spec, input_size=size, layers=layers)
+            # The checkpoint's own clip (e.g. R(2+1)D-34 8 vs 32 frames) is its canonical input;
+            # the registry re-derives the layer shapes from the architecture (records stay leaves).
+            spec = dataclasses.replace(spec, input_size=size)
         return spec
 
     def layer(self, name: str) -> LayerSpec:
