@@ -63,3 +63,20 @@ class ConfigError(C3DFeatError, ValueError):
 
 class InputError(C3DFeatError):
     """An input path or list file does not exist or cannot be parsed."""
+
+
+class NoVideosError(InputError):
+    """The inputs hold no video file (the CLI exits 2: bad usage)."""
+
+
+class ExtractInterrupted(C3DFeatError):
+    """Ctrl-C / SIGTERM stopped an extraction; committed videos are safe in the file.
+
+    `report` is the partial ExtractReport of the run (ok, failed, clips so far); `saved` is the
+    number of videos the output file holds now. Rerunning the same command resumes.
+    """
+
+    def __init__(self, message: str, *, report: object = None, saved: int = 0) -> None:
+        super().__init__(message)
+        self.report = report
+        self.saved = saved
