@@ -14,7 +14,7 @@ $(BIN)/python:
 # torch is pinned first: an unpinned torch would pull a multi-GB CUDA build.
 install: $(BIN)/python
 	$(BIN)/pip install "torch==2.13.0"
-	$(BIN)/pip install -e ".[test]"
+	$(BIN)/pip install -e ".[test,ray]"
 
 test:
 	$(BIN)/python -m pytest -m "not parity and not slow" $(ARGS)
