@@ -179,3 +179,11 @@ class ModelSpec:
         """Canonical names for `names`, deduplicated, in forward order."""
         wanted = {self.layer(n).name for n in names}
         return tuple(layer.name for layer in self.layers if layer.name in wanted)
+
+
+# --- extraction choices shared by the API (c3dfeat.extract) and the CLI's options. They live in
+# this torch-free leaf so that `c3dfeat --help` lists them without importing torch.
+COMPUTE_DTYPES: Tuple[str, ...] = ("fp32", "bf16", "fp16")  # `dtype`: compute dtype; fp32 is exact
+STORAGE_DTYPES: Tuple[str, ...] = ("float32", "float16")  # `storage_dtype` of stored features
+CROP_MODES: Tuple[Union[str, int], ...] = ("center", 3, 10)  # `crops`: the crop mode
+CROP_REDUCTIONS: Tuple[str, ...] = ("mean", "none")  # `crop_reduce`: average the crops or keep each
