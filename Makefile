@@ -14,7 +14,7 @@ $(BIN)/python:
 # torch is pinned first: an unpinned torch would pull a multi-GB CUDA build.
 install: $(BIN)/python
 	$(BIN)/pip install "torch==2.13.0"
-	$(BIN)/pip install -e ".[test,ray]"
+	$(BIN)/pip install -e ".[test,ray,lint]"
 
 test:
 	$(BIN)/python -m pytest -m "not parity and not slow" $(ARGS)
@@ -32,8 +32,10 @@ test-parity: $(REF_VENV)/bin/python
 	$(REF_VENV)/bin/pip install -e ".[test]" "pytorchvideo==0.1.5"
 	$(REF_VENV)/bin/python -m pytest -m parity $(ARGS)
 
+# ruff and mypy settings live in pyproject.toml.
 lint:
-	$(BIN)/python -m compileall -q c3dfeat scripts tests
+	$(BIN)/ruff check c3dfeat scripts tests
+	$(BIN)/mypy c3dfeat
 
 check-import:
 	$(BIN)/python -c "import c3dfeat; print(len(c3dfeat.list_models()), 'models')"
