@@ -15,6 +15,12 @@ from c3dfeat.models._info import (
     num_params as num_params,
 )
 from c3dfeat.models._layers import ClipSizeError as ClipSizeError
+from c3dfeat.models._layout import (
+    LAYOUTS as LAYOUTS,
+    default_inference_layout as default_inference_layout,
+    get_inference_layout as get_inference_layout,
+    set_inference_layout as set_inference_layout,
+)
 from c3dfeat.specs import (
     Checkpoint as Checkpoint,
     LayerSpec as LayerSpec,

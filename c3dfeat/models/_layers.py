@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from c3dfeat.errors import C3DFeatError, UnknownLayerError
+from c3dfeat.models._layout import prepare_input
 
 
 class ClipSizeError(C3DFeatError, ValueError):
@@ -44,6 +45,8 @@ class LayerwiseModel(nn.Module):
         out: Dict[str, torch.Tensor] = {}
         if not wanted:
             return out
+        # The model's inference layout (models/_layout.py): every caller gets the same kernels.
+        x = prepare_input(self, x)
         for step in self._steps():
             name, fn = step[0], step[1]
             x = fn(x)

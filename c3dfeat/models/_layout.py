@@ -1,0 +1,98 @@
+"""The memory layout a model computes in: one setting that every forward pass honours.
+
+    from c3dfeat.models import set_inference_layout
+    set_inference_layout(model, "channels_last_3d")   # or "contiguous"
+
+The layout is stored on the model; :meth:`LayerwiseModel.forward_layers` (hence
+``extract_layers`` and the extraction pipeline, which calls it) converts the weights once and
+every input clip to it. So the pipeline and a direct ``extract_layers`` call on the same model
+run the same kernels and agree bit for bit. Layouts only change float rounding (tested), never
+the layer shapes or values beyond it.
+
+A model without an explicit setting uses :data:`DEFAULT_LAYOUTS` for its architecture on the
+device it runs on: the layout measured fastest at batch 4 (scripts/bench_models.py, figures in
+docs/extract.md "Performance").
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+import torch.nn as nn
+
+__all__ = [
+    "LAYOUTS",
+    "CHANNELS_LAST_3D",
+    "CONTIGUOUS",
+    "DEFAULT_LAYOUTS",
+    "default_inference_layout",
+    "get_inference_layout",
+    "set_inference_layout",
+]
+
+CHANNELS_LAST_3D = "channels_last_3d"
+CONTIGUOUS = "contiguous"
+LAYOUTS = (CHANNELS_LAST_3D, CONTIGUOUS)
+_FORMATS = {CHANNELS_LAST_3D: torch.channels_last_3d, CONTIGUOUS: torch.contiguous_format}
+
+# Per device type, per architecture: the layout measured fastest (fp32, batch 4,
+# scripts/bench_models.py --layout both, alternating A/B run by run). Architectures not listed
+# use "contiguous", the layout PyTorch modules are created in. CUDA: not measured yet.
+DEFAULT_LAYOUTS: Dict[str, Dict[str, str]] = {
+    "cpu": {},
+    "cuda": {},
+}
+
+_ATTR = "_c3dfeat_inference_layout"  # explicit setting (set_inference_layout)
+_APPLIED = "_c3dfeat_weights_layout"  # layout the weights were last converted to
+
+
+def _check(layout: str) -> str:
+    if layout not in _FORMATS:
+        raise ValueError(f"inference layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    return layout
+
+
+def default_inference_layout(arch: str, device: object = "cpu") -> str:
+    """The default layout of architecture `arch` ("c3d", "r2plus1d_34.ig65m_32f" ...) on `device`."""
+    kind = str(getattr(device, "type", device)).split(":")[0]
+    return DEFAULT_LAYOUTS.get(kind, {}).get(arch.partition(".")[0], CONTIGUOUS)
+
+
+def set_inference_layout(model: nn.Module, layout: Optional[str]) -> nn.Module:
+    """Make `model` compute in `layout` ("channels_last_3d" | "contiguous"; None: back to the
+    per-architecture default). Converts the 5-D weights now; returns the model."""
+    if layout is None:
+        model.__dict__.pop(_ATTR, None)
+        return model
+    setattr(model, _ATTR, _check(layout))
+    _convert_weights(model, layout)
+    return model
+
+
+def get_inference_layout(model: nn.Module, device: object = None) -> str:
+    """The layout `model` computes in: its explicit setting, else its architecture's default on
+    `device` (default: the device of its first parameter)."""
+    explicit = model.__dict__.get(_ATTR)
+    if explicit is not None:
+        return explicit
+    if device is None:
+        p = next(model.parameters(), None)
+        device = p.device if p is not None else "cpu"
+    spec = getattr(model, "spec", None)
+    return default_inference_layout(getattr(spec, "name", ""), device)
+
+
+def _convert_weights(model: nn.Module, layout: str) -> None:
+    if model.__dict__.get(_APPLIED) != layout:
+        model.to(memory_format=_FORMATS[layout])  # only 5-D parameters and buffers change
+        model.__dict__[_APPLIED] = layout
+
+
+def prepare_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`x` in the model's layout, the weights converted to it if they are not yet (once)."""
+    layout = get_inference_layout(model, x.device)
+    _convert_weights(model, layout)
+    if x.dim() == 5:
+        x = x.contiguous(memory_format=_FORMATS[layout])
+    return x

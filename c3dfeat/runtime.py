@@ -1,0 +1,127 @@
+"""Process-wide runtime settings for extraction: the memory allocator and default batch sizes.
+
+    from c3dfeat.runtime import configure_allocator, default_batch_size
+    configure_allocator()                      # once, before the first large allocation
+    default_batch_size("cpu", "c3d")           # -> 4
+
+Why the allocator matters: a 3D ConvNet's activations are tens of MB per batch (C3D conv1 at
+batch 4: 4x64x16x112x112 floats = 205 MB), far above glibc's dynamic mmap threshold (32 MiB at
+most). glibc serves each of them with a fresh ``mmap`` and returns it with ``munmap`` when the
+tensor dies, so every batch faults its buffers back in page by page: measured on
+scripts/bench_extract.py, system CPU time was 57 % of user time and 21 M minor page faults. With
+``mallopt`` set as below, freed blocks stay in the heap and the next batch reuses them
+(docs/extract.md, "Performance"). Set ``C3DFEAT_MALLOC=system`` to keep glibc's defaults.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+import threading
+from typing import Dict, Optional
+
+__all__ = ["ALLOCATOR_ENV", "configure_allocator", "allocator_settings", "default_batch_size"]
+
+#: Environment variable: "system" leaves the C allocator untouched.
+ALLOCATOR_ENV = "C3DFEAT_MALLOC"
+
+# glibc <malloc.h> parameter numbers.
+_M_TRIM_THRESHOLD = -1
+_M_TOP_PAD = -2
+_M_MMAP_THRESHOLD = -3
+_M_MMAP_MAX = -4
+
+# Every allocation from the heap (never mmap), never give the heap top back to the kernel below
+# 16 GiB of free space, and grow it 256 MiB at a time. Freed activations are reused by the next
+# batch; the process keeps its peak (which it reaches again on every batch anyway).
+_GLIBC_SETTINGS: Dict[str, int] = {
+    "M_MMAP_MAX": 0,
+    "M_TRIM_THRESHOLD": 16 << 30,
+    "M_TOP_PAD": 256 << 20,
+}
+_PARAM = {"M_MMAP_MAX": _M_MMAP_MAX, "M_TRIM_THRESHOLD": _M_TRIM_THRESHOLD, "M_TOP_PAD": _M_TOP_PAD,
+          "M_MMAP_THRESHOLD": _M_MMAP_THRESHOLD}
+
+_lock = threading.Lock()
+_state: Optional[str] = None  # None: not called yet; else what configure_allocator did
+
+
+def _glibc() -> Optional[ctypes.CDLL]:
+    """The running process's C library if it is glibc (mallopt exists and means the same)."""
+    if platform.system() != "Linux":
+        return None
+    libc_name, _ = platform.libc_ver()
+    if libc_name != "glibc":
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") else None
+
+
+def configure_allocator() -> str:
+    """Keep large freed blocks in the process heap instead of returning them to the kernel.
+
+    Idempotent (the first call decides; later calls return the same answer) and thread-safe.
+    Returns what was done: "glibc" (mallopt applied), "system" (disabled by
+    ``C3DFEAT_MALLOC=system``), or "unsupported" (not glibc: macOS, musl, Windows).
+    Call it before the first large allocation: blocks already mmapped stay mmapped.
+    """
+    global _state
+    with _lock:
+        if _state is not None:
+            return _state
+        choice = os.environ.get(ALLOCATOR_ENV, "").strip().lower()
+        if choice == "system":
+            _state = "system"
+            return _state
+        if choice not in ("", "glibc", "default"):
+            raise ValueError(f"{ALLOCATOR_ENV}={choice!r}: use 'system' (glibc defaults) or leave it unset")
+        libc = _glibc()
+        if libc is None:
+            _state = "unsupported"
+            return _state
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        libc.mallopt.restype = ctypes.c_int
+        for name, value in _GLIBC_SETTINGS.items():
+            # mallopt takes an int: 16 GiB does not fit, clamp to the largest int (= never trim).
+            if libc.mallopt(_PARAM[name], min(value, 2**31 - 1)) != 1:  # pragma: no cover
+                _state = "unsupported"
+                return _state
+        _state = "glibc"
+        return _state
+
+
+def allocator_settings() -> Dict[str, object]:
+    """What configure_allocator did (for provenance/benchmarks): {"allocator": ..., params...}."""
+    out: Dict[str, object] = {"allocator": _state or "not configured"}
+    if _state == "glibc":
+        out.update({k: min(v, 2**31 - 1) for k, v in _GLIBC_SETTINGS.items()})
+    return out
+
+
+def _reset_for_tests() -> None:
+    """Forget the first call's decision (tests only; glibc's parameters stay as set)."""
+    global _state
+    with _lock:
+        _state = None
+
+
+# Clips per forward pass. CPU values are measured (docs/extract.md, "Performance": the fastest
+# batch whose peak RSS stays <= 1.5 GiB with C3D on a 2-core machine; larger batches are not
+# faster on CPU). CUDA values are NOT measured yet (no GPU was at hand): large enough to keep a
+# current GPU busy; scripts/bench_gpu.py measures them.
+_CPU_BATCH = 4
+_CUDA_BATCH = 32
+_CUDA_BATCH_BY_MODEL = {"ir_csn_152": 16, "ip_csn_152": 16}  # 32-frame 224x224 clips, big activations
+
+
+def default_batch_size(device: object, model_name: str = "") -> int:
+    """Default clips per forward pass for `device` ("cpu", "cuda", "cuda:1", torch.device) and model."""
+    kind = str(getattr(device, "type", device)).split(":")[0]
+    if kind == "cuda":
+        arch = model_name.partition(".")[0]
+        return _CUDA_BATCH_BY_MODEL.get(arch, _CUDA_BATCH)
+    return _CPU_BATCH

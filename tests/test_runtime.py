@@ -1,0 +1,177 @@
+"""Runtime settings: the allocator switch, default batch sizes, and the inference layout that the
+pipeline and extract_layers share (pipeline = direct computation, bit for bit, in any layout)."""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from c3dfeat import runtime
+from c3dfeat.models import (
+    LayerSpec,
+    ModelSpec,
+    Preprocessing,
+    create_model,
+    extract_layers,
+    get_inference_layout,
+    register_model,
+    set_inference_layout,
+)
+from c3dfeat.models import _layout
+from c3dfeat.models._layers import LayerwiseModel, Step
+from c3dfeat.models._registry import _REGISTRY
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------- allocator
+def _configure_in_child(env: Dict[str, str]) -> List[str]:
+    code = ("from c3dfeat.runtime import configure_allocator as c; a = c(); b = c(); "
+            "print(a, b)")
+    full = {**os.environ, **env, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
+def test_configure_allocator_is_idempotent_and_the_env_switch_disables_it():
+    env = {runtime.ALLOCATOR_ENV: ""}
+    first, second = _configure_in_child(env)
+    assert first == second
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert first == ("glibc" if glibc else "unsupported")
+    assert _configure_in_child({runtime.ALLOCATOR_ENV: "system"}) == ["system", "system"]
+
+
+def test_configure_allocator_in_process(monkeypatch):
+    monkeypatch.setenv(runtime.ALLOCATOR_ENV, "system")
+    runtime._reset_for_tests()
+    try:
+        assert runtime.configure_allocator() == "system"
+        monkeypatch.delenv(runtime.ALLOCATOR_ENV)
+        assert runtime.configure_allocator() == "system"  # the first call decided
+        assert runtime.allocator_settings() == {"allocator": "system"}
+        runtime._reset_for_tests()
+        monkeypatch.setenv(runtime.ALLOCATOR_ENV, "jemalloc")
+        with pytest.raises(ValueError, match="C3DFEAT_MALLOC"):
+            runtime.configure_allocator()
+    finally:
+        runtime._reset_for_tests()
+        monkeypatch.delenv(runtime.ALLOCATOR_ENV, raising=False)
+        runtime.configure_allocator()
+
+
+def test_default_batch_size():
+    assert runtime.default_batch_size("cpu", "c3d") == 4
+    assert runtime.default_batch_size(torch.device("cpu"), "r2plus1d_18") == 4
+    assert runtime.default_batch_size("cuda:1", "c3d") >= 16
+    assert runtime.default_batch_size("cuda", "ir_csn_152.ig65m") <= runtime.default_batch_size("cuda", "c3d")
+
+
+# ----------------------------------------------------------------------------- layout
+class _TinyLW(LayerwiseModel):
+    """A LayerwiseModel (so the layout machinery applies) that records its input's layout."""
+
+    layer_names = ("conv", "pool")
+
+    def __init__(self, num_classes: int = 5) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.conv = nn.Conv3d(3, 8, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv3d(8, 8, kernel_size=3, padding=1)
+        self.seen: List[bool] = []
+
+    def _record(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous())
+        return x
+
+    def _steps(self) -> List[Step]:
+        return [
+            (None, self._record),
+            ("conv", lambda x: self.conv2(torch.relu(self.conv(x)))),
+            ("pool", lambda x: x.mean(dim=(2, 3, 4))),
+        ]
+
+
+@pytest.fixture
+def tiny_lw(monkeypatch):
+    name = "tiny_lw"
+    if name not in _REGISTRY:
+        register_model(ModelSpec(
+            name=name, builder=_TinyLW, checkpoints=(),
+            preprocessing=Preprocessing(clip_len=4, stride=2, resize=(32, 32), crop_size=24, scale=1.0 / 255.0),
+            layers=(LayerSpec("conv", (8, 4, 24, 24)), LayerSpec("pool", (8,))),
+            default_layer="pool", input_size=(4, 24, 24), description="test-only"))
+    monkeypatch.setitem(_layout.DEFAULT_LAYOUTS["cpu"], name, _layout.CHANNELS_LAST_3D)
+    yield name
+    _REGISTRY.pop(name, None)
+
+
+def test_layout_setting_is_honoured_and_stored(tiny_lw):
+    m = create_model(tiny_lw)
+    assert get_inference_layout(m) == "channels_last_3d"  # the table's default for this model
+    x = torch.rand(2, 3, 4, 24, 24)
+    extract_layers(m, x, "pool")
+    assert m.seen == [True]
+    assert m.conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    set_inference_layout(m, "contiguous")
+    extract_layers(m, x, "pool")
+    assert m.seen == [True, False] and m.conv.weight.is_contiguous()
+    set_inference_layout(m, None)
+    assert get_inference_layout(m) == "channels_last_3d"
+    with pytest.raises(ValueError, match="channels_last_3d"):
+        set_inference_layout(m, "nhwc")
+
+
+def test_pipeline_equals_direct_with_channels_last(tiny_lw, tmp_path):
+    from c3dfeat.pipeline import extract
+    from c3dfeat.sampling import SamplingConfig, sample_clips
+    from c3dfeat.store import FeatureFile
+    from c3dfeat.transforms import ClipTransform
+    from c3dfeat.video import open_video
+    from tests.synth import make_video
+
+    v = make_video(tmp_path / "v" / "x.mp4", 13, size=(48, 64), fps=30, noise=20)
+    make_video(tmp_path / "v" / "y.mp4", 6, size=(40, 40), fps=30, noise=20)
+    out = tmp_path / "f.h5"
+    extract([tmp_path / "v"], out, [(tiny_lw, ["pool", "conv"])], random_init=True, device="cpu", batch_size=4)
+    ff = FeatureFile(out)
+    spec = create_model(tiny_lw).spec
+    clips = sample_clips(13, 30.0, SamplingConfig.from_preprocessing(spec.preprocessing))
+    tf = ClipTransform(spec.preprocessing)
+    with open_video(v) as r:
+        xs = [tf(r.get_frames(c.indices))[0] for c in clips]
+    net = create_model(tiny_lw)
+    want: Dict[str, list] = {"pool": [], "conv": []}
+    for s in range(0, len(xs), 4):  # full, zero-padded batches of 4, like the pipeline
+        x = torch.zeros((4,) + tuple(xs[0].shape))
+        x[: len(xs[s:s + 4])] = torch.stack(xs[s:s + 4])
+        y = extract_layers(net, x, ["pool", "conv"])
+        for k in want:
+            want[k].append(y[k][: len(xs[s:s + 4])].reshape(len(xs[s:s + 4]), -1).numpy())
+    assert net.seen and all(net.seen)  # the direct run computed in channels_last_3d
+    for k in want:
+        np.testing.assert_array_equal(ff.clips("x.mp4", tiny_lw, k), np.concatenate(want[k]))
+
+
+@pytest.mark.parametrize("name,size", [("c3d", (16, 112, 112)), ("r2plus1d_18", (8, 64, 64)),
+                                       ("ir_csn_152", (8, 64, 64))])
+def test_layout_changes_only_float_rounding(name, size):
+    torch.manual_seed(0)
+    m = create_model(name)
+    x = torch.randn((2, 3) + size)
+    layer = "fc6" if name == "c3d" else "pool5"
+    set_inference_layout(m, "contiguous")
+    a = extract_layers(m, x, layer)[layer]
+    set_inference_layout(m, "channels_last_3d")
+    b = extract_layers(m, x, layer)[layer]
+    assert a.shape == b.shape
+    scale = float(a.abs().max())
+    np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-4, atol=1e-5 * scale)
