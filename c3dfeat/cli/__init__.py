@@ -1,20 +1,31 @@
 """Command-line interface: thin click commands over the Python API.
 
 One module per command group; each registers itself on `cli` below. Library errors
-(C3DFeatError) become click errors here and nowhere else.
+(C3DFeatError) become one-line click errors here and nowhere else. Command modules import
+torch-heavy code inside their command bodies only: `c3dfeat --help` must not import torch.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
-from c3dfeat.errors import C3DFeatError
+from c3dfeat.errors import C3DFeatError, NoVideosError
 from c3dfeat.version import __version__
 
 
+class UsageError(click.ClickException):
+    """Bad usage in one line ("Error: ..."), exit code 2, without click's usage block."""
+
+    exit_code = 2
+
+
 class _Group(click.Group):
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except NoVideosError as e:  # the inputs are wrong, not the run: bad usage
+            raise UsageError(str(e)) from None
         except C3DFeatError as e:
             raise click.ClickException(str(e)) from None
 
@@ -30,7 +41,7 @@ def main() -> None:
 
 
 # Command modules register themselves on `cli` (keep this list in sync with the files).
-from c3dfeat.cli import models_cmd  # noqa: E402,F401
-from c3dfeat.cli import weights_cmd  # noqa: E402,F401
-from c3dfeat.cli import extract_cmd  # noqa: E402,F401
-from c3dfeat.cli import eval_cmd  # noqa: E402,F401
+from c3dfeat.cli import models_cmd  # noqa: E402,F401  (registers `models`)
+from c3dfeat.cli import weights_cmd  # noqa: E402,F401  (registers `weights`)
+from c3dfeat.cli import extract_cmd  # noqa: E402,F401  (registers `extract`, `merge`, `info`)
+from c3dfeat.cli import eval_cmd  # noqa: E402,F401  (registers `linear-eval`, `pca`, `tsne`)

@@ -5,20 +5,22 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import click
 
-from c3dfeat.cli import cli
+from c3dfeat.cli import UsageError, cli, options
+from c3dfeat.cli.progress import make_display
 
 # Exit codes of `extract` (documented in its help).
 EXIT_SOME_FAILED = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
 
 EXTRACT_EPILOG = """\b
 Examples:
   c3dfeat extract videos/ -o feats.h5
   c3dfeat extract videos/ -o feats.h5 --model c3d:fc6,fc7 --model r2plus1d_34.ig65m_32f
-  c3dfeat extract list.txt -o feats.h5 --model c3d --layers fc6,fc7 --crop 10 --half
+  c3dfeat extract list.txt -o feats.h5 --model c3d --layers fc6,fc7 --crops 10 --half
   c3dfeat extract videos/ -o part2.h5 --shard 2/8 && c3dfeat merge part*.h5 -o all.h5
 
 \b
@@ -28,10 +30,15 @@ Rerunning the same command resumes (only missing videos are extracted); other se
 are refused unless --overwrite.
 
 \b
+Progress: a live line on a terminal; otherwise one line every 30 s (logs, cluster
+jobs); none with --quiet. --json prints a summary for scripts at the end.
+
+\b
 Exit codes: 0 every video extracted; 3 some videos failed, in this run or in an
-earlier interrupted run of the same command (listed at the end and in the file,
-`c3dfeat info`); 1 an error stopped the run (nothing half-written: committed videos
-stay); 2 bad usage.
+earlier run of the same command (listed at the end and in the file, `c3dfeat info`;
+--retry-failed tries them again); 1 an error stopped the run (committed videos stay);
+2 bad usage (also: no video in the inputs, the folder of -o missing); 130 interrupted
+(Ctrl-C): the videos committed so far are saved, run the same command to resume.
 """
 
 
@@ -66,52 +73,43 @@ def _parse_models(models: Tuple[str, ...], layers: Tuple[str, ...]) -> List[Tupl
     return [(n, chosen[n]) for n in order]
 
 
-def _crop(value: str):
-    if value == "center":
-        return "center"
-    if value in ("3", "10"):
-        return int(value)
-    raise click.BadParameter("must be center, 3 or 10", param_hint="--crop")
-
-
 @cli.command("extract", epilog=EXTRACT_EPILOG)
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="HDF5 file to write (or resume).")
-@click.option("-m", "--model", "models", multiple=True, metavar="NAME[:LAYERS]", help="Model (repeatable), optionally with its layers. Default: c3d.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="HDF5 file to write (or resume); its folder must exist.")
+@click.option("-m", "--model", "models", multiple=True, metavar="NAME[:LAYERS]",
+              help="Model (repeatable), optionally with its layers. Default: c3d.")
 @click.option("--layers", "layers", multiple=True, metavar="[MODEL:]L1,L2", help="Layers to store (repeatable).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True, help="Compute dtype (fp32 is exact).")
+@options.device
+@options.dtype
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
               help="Clips per forward pass (4: same CPU speed as 8 with ~400 MiB less; raise it on a GPU).")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Decoding threads.")
-@click.option(
-    "--decoder",
-    type=click.Choice(["pyav", "decord"]),
-    default="pyav",
-    show_default=True,
-    help="Frame reader (decord's memory grows with video length; see docs/extract.md).",
-)
+@options.decoder
 @click.option("--clip-len", type=click.IntRange(min=1), default=None, help="Frames per clip (default: the model's).")
 @click.option("--stride", type=click.IntRange(min=1), default=None, help="Frames between clip starts (default: the model's).")
 @click.option("--frame-step", type=click.IntRange(min=1), default=None, help="Step between a clip's frames (default: the model's).")
 @click.option("--num-clips", type=click.IntRange(min=1), default=None, help="N uniformly spaced clips per video instead of a stride.")
-@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None, help="Resample the timeline to this rate (frame indices only, no re-encoding).")
-@click.option("--tail", type=click.Choice(["pad", "drop"]), default="pad", show_default=True, help="Last partial clip: pad with the last frame, or drop it.")
-@click.option("--crop", default="center", show_default=True, help="center, 3 or 10 crops.")
-@click.option("--crop-reduce", type=click.Choice(["mean", "none"]), default="mean", show_default=True, help="Average the crops or keep each.")
+@options.fps
+@options.tail
+@options.crops
+@options.crop_reduce
 @click.option("--weights", "weights", multiple=True, metavar="[MODEL=]PATH", help="Local checkpoint file instead of the default.")
-@click.option("--weights-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Weights directory searched first.")
+@options.downloads
 @click.option("--random-init", is_flag=True, help="No pretrained weights (tests, benchmarks): features are MEANINGLESS.")
 @click.option("--half", is_flag=True, help="Store float16 features.")
 @click.option("--overwrite", is_flag=True, help="Start over instead of resuming.")
+@click.option("--retry-failed", is_flag=True, help="Resume and extract again the videos recorded as failed.")
 @click.option("--shard", default=None, metavar="K/N", help="Process shard K of N (by a hash of the video id).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar; only the summary and errors.")
-def extract_command(inputs, output, models, layers, device, dtype, batch_size, workers, decoder, clip_len, stride,
-                    frame_step, num_clips, fps, tail, crop, crop_reduce, weights, weights_dir, random_init, half,
-                    overwrite, shard, quiet) -> None:
+@options.quiet
+@options.as_json
+def extract_command(inputs: Tuple[Path, ...], output: Path, models: Tuple[str, ...], layers: Tuple[str, ...],
+                    weights: Tuple[str, ...], crops: Optional[str], crop_deprecated: Optional[str],
+                    quiet: bool, as_json: bool, **kw: Any) -> None:
     """Extract features of videos (files, folders, list files) into one HDF5 file."""
-    from c3dfeat.pipeline import ModelRequest, extract
-
+    if not output.parent.is_dir():  # checked before anything slow; the folder is not created
+        raise UsageError(f"the folder of -o {output} does not exist ({output.parent}); create it "
+                         "first or choose another path")
     pairs = _parse_models(models, layers)
     paths: Dict[str, str] = {}
     for w in weights:
@@ -123,63 +121,81 @@ def extract_command(inputs, output, models, layers, device, dtype, batch_size, w
         if name not in dict(pairs):
             raise click.BadParameter(f"{name!r} is not one of the --model names", param_hint="--weights")
         paths[name] = p
-    reqs = [ModelRequest(n, tuple(ls) if ls else None, paths.get(n)) for n, ls in pairs]
+    crop_mode = options.crop_mode(crops, crop_deprecated)
     err = _console(stderr=True)
-    progress_cb, finish = _progress(err, quiet)
+    display = make_display(err, quiet, what=f"{', '.join(n for n, _ in pairs)} -> {output}")
     try:
-        report = extract(
-            list(inputs), output, reqs, device=device, dtype=dtype, batch_size=batch_size, workers=workers,
-            decoder=decoder, clip_len=clip_len, stride=stride, frame_step=frame_step, num_clips=num_clips,
-            fps=fps, tail=tail, crop=_crop(crop), crop_reduce=crop_reduce, weights_dir=weights_dir,
-            random_init=random_init, half=half, overwrite=overwrite, shard=shard, progress=progress_cb,
-            command_line=" ".join(shlex.quote(a) for a in ["c3dfeat"] + sys.argv[1:]),
-        )
-    finally:
-        finish()
-    _summary(report, err)
+        from c3dfeat.errors import ExtractInterrupted
+        from c3dfeat.pipeline import ModelRequest, extract
+
+        reqs = [ModelRequest(n, tuple(ls) if ls else None, paths.get(n)) for n, ls in pairs]
+        kwargs = dict(kw, crops=crop_mode, progress=display,
+                      command_line=" ".join(shlex.quote(a) for a in ["c3dfeat"] + sys.argv[1:]))
+        report = extract(list(inputs), output, reqs, **_accepted(extract, kwargs))
+    except ExtractInterrupted as e:
+        display.close()
+        saved = e.saved
+        err.print(f"interrupted: {saved} video{'s' if saved != 1 else ''} saved in {output}; "
+                  "run the same command to resume", markup=False, highlight=False)
+        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt:  # before the output file was opened (loading models, listing inputs)
+        display.close()
+        err.print(f"interrupted before any video was saved in {output}", markup=False)
+        sys.exit(EXIT_INTERRUPTED)
+    except BaseException:
+        display.close()
+        raise
+    display.close()
+    if as_json:
+        click.echo(json.dumps(report_dict(report), indent=2))
+        _notes(report, err)
+    else:
+        _summary(report, err)
     if report.any_failed:
         sys.exit(EXIT_SOME_FAILED)
 
 
-def _console(stderr: bool):
+def _accepted(fn: Callable[..., Any], kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """The keyword arguments `fn` takes. Transitional, until the pipeline has every keyword of
+    contract 2 (crops, require_hashes, weights_mirror, retry_failed): an older pipeline gets
+    `crop=` and refuses an option it cannot honour instead of silently ignoring it."""
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    out = {k: v for k, v in kwargs.items() if k in params}
+    if "crops" not in params and "crop" in params:
+        out["crop"] = kwargs["crops"]
+    for key, unset in (("require_hashes", False), ("weights_mirror", None), ("retry_failed", False)):
+        if key not in params and kwargs.get(key, unset) != unset:
+            raise UsageError(f"--{key.replace('_', '-')} is not supported by this version of the pipeline")
+    return out
+
+
+def report_dict(report: Any) -> Dict[str, Any]:
+    """The `--json` summary of a run."""
+    return {
+        "output": str(report.output),
+        "videos": report.total,
+        "skipped": report.skipped,
+        "ok": report.ok,
+        "failed": [{"id": vid, "reason": reason} for vid, reason in report.failed],
+        "failed_before": [{"id": vid, "reason": reason} for vid, reason in report.failed_before],
+        "clips": report.clips,
+        "seconds": round(report.seconds, 3),
+        "clips_per_second": round(report.clips_per_second, 3),
+        "device": report.device,
+        "random_init": list(report.random_init),
+        "warnings": list(report.warnings),
+    }
+
+
+def _console(stderr: bool) -> Any:
     from rich.console import Console
 
     return Console(stderr=stderr, highlight=False)
 
 
-def _progress(console, quiet: bool):
-    if quiet:
-        return None, lambda: None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    bar = Progress(
-        TextColumn("[bold]extract"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("videos  {task.fields[rate]:.2f} clips/s  [red]{task.fields[failed]} failed"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
-    state = {"task": None}
-
-    def cb(p) -> None:
-        if state["task"] is None:
-            bar.start()
-            state["task"] = bar.add_task("extract", total=p.total, rate=0.0, failed=0)
-        bar.update(state["task"], completed=p.done, rate=p.clips / p.elapsed if p.elapsed > 0 else 0.0,
-                   failed=p.failed)
-
-    def finish() -> None:
-        if state["task"] is not None:
-            bar.stop()
-
-    return cb, finish
-
-
-def _summary(report, err) -> None:
+def _summary(report: Any, err: Any) -> None:
     from rich.table import Table
 
     out = _console(stderr=False)
@@ -191,6 +207,11 @@ def _summary(report, err) -> None:
     t.add_row("clips", str(report.clips))
     t.add_row("time", f"{report.seconds:.1f} s ({report.clips_per_second:.2f} clips/s on {report.device})")
     out.print(t)
+    _notes(report, err)
+
+
+def _notes(report: Any, err: Any) -> None:
+    """Warnings, random init and failures, on stderr."""
     for w in report.warnings:
         err.print(f"[yellow]warning:[/yellow] {w}")
     if report.random_init:
@@ -202,7 +223,7 @@ def _summary(report, err) -> None:
             err.print(f"  {vid}: {reason}", markup=False)
     if report.failed_before:
         err.print(f"[red]{len(report.failed_before)} video(s) had failed in an earlier run of this command "
-                  "(kept as failed; --overwrite retries them):[/red]")
+                  "(kept as failed; --retry-failed extracts them again):[/red]")
         for vid, reason in report.failed_before:
             err.print(f"  {vid}: {reason}", markup=False)
 

@@ -1,0 +1,123 @@
+"""Every option shared by several commands, defined once: same name, default and help everywhere.
+
+Choices and defaults come from the library's own constants (torch-free modules only, so that
+`--help` stays fast); tests/test_cli_options.py checks the defaults against `c3dfeat.extract`'s
+signature. A command applies only the options it uses.
+"""
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+from typing import Any, Callable, Optional, TypeVar, Union
+
+import click
+
+from c3dfeat.sampling import SamplingConfig
+from c3dfeat.specs import COMPUTE_DTYPES, CROP_MODES, CROP_REDUCTIONS
+from c3dfeat.video import BACKENDS
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ENV_REQUIRE_HASHES = "C3DFEAT_REQUIRE_HASHES"
+ENV_WEIGHTS_MIRROR = "C3DFEAT_WEIGHTS_MIRROR"
+DEFAULT_FEATS = "feats.h5"  # the file `c3dfeat extract videos/ -o feats.h5` writes
+TAILS = typing.get_args(typing.get_type_hints(SamplingConfig)["tail"])
+
+
+def stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    """Apply several click decorators in the order they are listed (top = first in --help)."""
+
+    def apply(f: F) -> F:
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+
+    return apply
+
+
+# --- where things run ----------------------------------------------------------------------------
+device = click.option("--device", default="auto", show_default=True,
+                      help="auto (the first GPU if any, else cpu), cpu, cuda or cuda:N.")
+dtype = click.option("--dtype", type=click.Choice(COMPUTE_DTYPES), default=COMPUTE_DTYPES[0],
+                     show_default=True, help="Compute dtype (fp32 is exact).")
+decoder = click.option("--decoder", type=click.Choice(BACKENDS), default="pyav", show_default=True,
+                       help="Frame reader (decord's memory grows with video length; docs/extract.md).")
+
+# --- weights ---------------------------------------------------------------------------------------
+weights_dir = click.option(
+    "--weights-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Weights directory searched first (downloads go there too); search order: "
+         "`c3dfeat weights --help`.")
+require_hashes = click.option(
+    "--require-hashes", is_flag=True, envvar=ENV_REQUIRE_HASHES, show_envvar=True,
+    help="Refuse any checkpoint without a published SHA-256 (no trust on first use).")
+weights_mirror = click.option(
+    "--weights-mirror", metavar="URL", default=None, envvar=ENV_WEIGHTS_MIRROR, show_envvar=True,
+    help="Base URL tried before the published ones: URL/<file name in `c3dfeat weights list`>.")
+downloads = stack(weights_dir, require_hashes, weights_mirror)
+
+# --- output ----------------------------------------------------------------------------------------
+quiet = click.option("-q", "--quiet", is_flag=True, help="No progress display; only the summary and errors.")
+as_json = click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+
+# --- sampling and crops (extract) -------------------------------------------------------------------
+fps = click.option("--fps", type=click.FloatRange(min=0), default=None,
+                   help="Resample the timeline to this rate (frame indices only, no re-encoding); "
+                        "0 = the native rate, also for models whose spec resamples.")
+tail = click.option("--tail", type=click.Choice(TAILS), default=TAILS[0], show_default=True,
+                    help="Last partial clip: pad with the last frame, or drop it.")
+_CROP_CHOICES = [str(c) for c in CROP_MODES]
+crops = stack(
+    click.option("--crops", "crops", type=click.Choice(_CROP_CHOICES), default=None,
+                 help=f"Crop mode: {', '.join(_CROP_CHOICES)} (crops per clip).  [default: {CROP_MODES[0]}]"),
+    click.option("--crop", "crop_deprecated", type=click.Choice(_CROP_CHOICES), default=None,
+                 hidden=True, help="Deprecated spelling of --crops."),
+)
+crop_reduce = click.option("--crop-reduce", type=click.Choice(CROP_REDUCTIONS), default=CROP_REDUCTIONS[0],
+                           show_default=True, help="Average the crops or keep each.")
+
+
+def crop_mode(crops_value: Optional[str], deprecated: Optional[str]) -> Union[str, int]:
+    """The API value of --crops (or its deprecated spelling --crop): "center", 3 or 10."""
+    if crops_value is not None and deprecated is not None and crops_value != deprecated:
+        raise click.BadParameter(f"--crops {crops_value} and --crop {deprecated} disagree; "
+                                 "give --crops only", param_hint="--crops")
+    value = crops_value or deprecated or str(CROP_MODES[0])
+    return int(value) if value.isdigit() else value
+
+
+# --- reading a feature file (linear-eval, pca, tsne, export) ---------------------------------------
+feats_argument = click.argument("feats", required=False, default=None, type=click.Path(dir_okay=False))
+model_in_file = click.option("--model", default=None,
+                             help="Model in the file (default: the only one).")
+layer_in_file = click.option("--layer", default=None,
+                             help="Layer or alias, e.g. fc6 or final_avg (default: the first stored).")
+norm = click.option("--norm", type=click.Choice(["l2", "none", "power-l2"]), default="l2",
+                    show_default=True, help="Per-video normalisation of the clip-mean descriptor "
+                                            "(l2 = the C3D paper's recipe).")
+seed = click.option("--seed", type=int, default=0, show_default=True,
+                    help="Seed of the folds, the solvers and the embeddings.")
+
+# --- labels and splits -------------------------------------------------------------------------------
+label_source = stack(
+    click.option("--dataset", type=click.Choice(["ucf101", "hmdb51"]), default=None,
+                 help="Official lists: ucf101 (ucfTrainTestlist/) or hmdb51 "
+                      "(testTrainMulti_7030_splits/); needs --splits."),
+    click.option("--splits", "splits_dir", type=click.Path(exists=True, file_okay=False),
+                 default=None, help="Folder with the official split lists."),
+    click.option("--labels", "labels_csv", type=click.Path(exists=True, dir_okay=False),
+                 default=None, help="CSV of 'video,label' rows (instead of a dataset). "
+                                    "Default: the labels in the file, else parent folders."),
+)
+split_choice = stack(
+    click.option("--split", "split", type=int, multiple=True,
+                 help="Evaluate only these official splits (1-3; repeatable). Default: all found."),
+    click.option("--train-list", type=click.Path(exists=True, dir_okay=False), default=None,
+                 help="With --labels: ids of the training videos, one per line."),
+    click.option("--test-list", type=click.Path(exists=True, dir_okay=False), default=None,
+                 help="With --labels: ids of the test videos, one per line."),
+    click.option("--folds", type=click.IntRange(2, None), default=5, show_default=True,
+                 help="Stratified k-fold CV when no split lists are given."),
+    click.option("--allow-missing", is_flag=True,
+                 help="Skip (and report) listed videos that are not in the feature file."),
+)
