@@ -64,12 +64,12 @@ def synth_video(path: Path, seconds: float, fps: int = 30, size=(360, 640)) -> P
 def model_only(model: str, batch: int, batches: int, device: str, random_init: bool) -> float:
     import torch
 
-    from c3dfeat.pipeline import ModelRequest, _build_model, _pick_device
+    from c3dfeat.pipeline import ModelRequest
+    from c3dfeat.pipeline.plan import pick_device, prepare_model
     from c3dfeat.models import extract_layers
 
-    dev = _pick_device(device)
-    m = _build_model(ModelRequest(model), random_init=random_init, weights_dir=None, sampling_overrides={},
-                     crops="center", crop_reduce="mean", device=dev, dtype=torch.float32)
+    dev = pick_device(device)
+    m = prepare_model(ModelRequest(model), random_init=random_init, device=dev)
     t, c = m.sampling.clip_len, m.transform.crop_size
     x = torch.randn(batch, 3, t, c, c).to(dev)
     extract_layers(m.net, x, m.layers)  # warm-up

@@ -92,9 +92,9 @@ def _direct(model_name, crops, crop_reduce, video, clips, batch_size, layers):
     spec = net.spec
     cube = None
     if spec.preprocessing.mean_cube:
-        from c3dfeat.weights import load_mean_cube
+        from c3dfeat.zoo import load_mean_cube
 
-        cube = load_mean_cube(spec)
+        cube = load_mean_cube(spec, download=False)  # random init: only a mean file already present
     tf = ClipTransform(spec.preprocessing, mean_cube=cube, crops=crops)
     with open_video(video) as r:
         xs = [tf(r.get_frames(c.indices)) for c in clips]  # (n_crops, 3, T, h, w) each
@@ -119,7 +119,7 @@ def test_pipeline_equals_direct_computation(tmp_path, crops, crop_reduce):
     make_video(tmp_path / "v" / "y.mp4", 6, size=(40, 40), fps=30, noise=20)
     out = tmp_path / "f.h5"
     extract([tmp_path / "v"], out, [("tiny3d", ["conv", "input"])], random_init=True, device="cpu", batch_size=4,
-            crop=crops, crop_reduce=crop_reduce)
+            crops=crops, crop_reduce=crop_reduce)
     ff = FeatureFile(out)
     clips = sample_clips(13, 30.0, SamplingConfig.from_preprocessing(get_spec("tiny3d").preprocessing))
     # x.mp4's 6 clips went through the pipeline in batches shared with y.mp4; the features must
@@ -329,26 +329,23 @@ class _FakeReader:
 
 
 def test_each_frame_decoded_once_for_all_models_in_bounded_windows():
-    import threading
+    from c3dfeat.pipeline.decode import stream_clips
+    from c3dfeat.pipeline.plan import prepare_model
 
-    from c3dfeat.pipeline import _build_model, _ClipItem, _stream_clips
-
-    kw = dict(random_init=True, weights_dir=None, crops="center", crop_reduce="mean", device=torch.device("cpu"),
-              dtype=torch.float32)
+    kw = dict(random_init=True, crops="center", crop_reduce="mean", device=torch.device("cpu"))
     # two models with different frames: stride 2 on the native timeline, and 4 fps resampling with frame_step 3
-    m1 = _build_model(ModelRequest("tiny3d"), sampling_overrides={}, **kw)
-    m2 = _build_model(ModelRequest(ID), sampling_overrides={"fps": 4.0, "frame_step": 3}, **kw)
+    m1 = prepare_model(ModelRequest("tiny3d"), sampling_overrides={}, **kw)
+    m2 = prepare_model(ModelRequest(ID), sampling_overrides={"fps": 4.0, "frame_step": 3}, **kw)
     reader = _FakeReader(300)
     clips = [sample_clips(300, 10.0, m.sampling) for m in (m1, m2)]
-    got = []
-    _stream_clips(0, reader, [m1, m2], clips, got.append, threading.Event())
+    got = list(stream_clips(reader, [m1, m2], clips))
     requested = [i for call in reader.calls for i in call]
     assert len(requested) == len(set(requested))  # no frame decoded twice
     assert set(requested) == {i for cl in clips for c in cl for i in c.indices}  # only needed frames
     assert max(len(c) for c in reader.calls) <= 32  # bounded windows
     for m, (model, cl) in enumerate(zip((m1, m2), clips)):
-        items = [g for g in got if isinstance(g, _ClipItem) and g.model == m]
-        assert [g.clip for g in items] == list(range(len(cl)))
-        for g in items[:: max(1, len(items) // 5)]:
-            direct = model.transform(reader.get_frames(cl[g.clip].indices))
-            torch.testing.assert_close(g.tensor, direct, rtol=0, atol=0)
+        items = [(k, t) for mm, k, t in got if mm == m]
+        assert [k for k, _ in items] == list(range(len(cl)))
+        for k, t in items[:: max(1, len(items) // 5)]:
+            direct = model.transform(reader.get_frames(cl[k].indices))
+            torch.testing.assert_close(t, direct, rtol=0, atol=0)

@@ -1,0 +1,146 @@
+"""Full, zero-padded batches of one model → features per clip.
+
+`BatchRunner` holds one model's pending clips (each with a key the caller chooses, e.g.
+``(video seq, clip index)``) and runs them in batches of exactly `batch_size` clips, zero-padded
+at the end. CPU and GPU kernels give bit-different results for different batch *sizes* (~1e-8
+relative; measured on C3D / R(2+1)D-18) but not for different companions or positions in a
+batch of one size, so a clip's features never depend on which videos shared its batch: resumed,
+sharded, in-process and Ray runs agree bit for bit for the same device, dtype and batch size.
+
+On CUDA the batch is assembled in pinned host memory (two buffers per model, reused: no
+per-batch allocation), copied with a non-blocking host-to-device copy, and the features come
+back with a non-blocking copy; `launch` returns at once and `LaunchedBatch.collect` waits, so
+the caller fills the next batch while the GPU computes. On CPU `launch` computes synchronously
+into one preallocated buffer. `dtype` "bf16" / "fp16" runs the model under `torch.autocast`
+(weights stay float32); "fp32" is the exact path (TF32 off unless `allow_tf32`, see api.extract).
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Generic, Hashable, List, Optional, Sequence, Tuple, TypeVar
+
+import numpy as np
+import torch
+
+from c3dfeat.models import extract_layers
+
+from c3dfeat.pipeline.plan import COMPUTE_DTYPES, PreparedModel
+
+__all__ = ["BatchRunner", "LaunchedBatch", "ClipFeatures"]
+
+K = TypeVar("K", bound=Hashable)
+ClipFeatures = Dict[str, np.ndarray]  # layer -> (D,) or (num_crops, D) float32
+
+
+class LaunchedBatch(Generic[K]):
+    """A batch whose forward pass was started; `collect()` waits and returns per-clip features."""
+
+    def __init__(self, keys: List[K], outputs: Dict[str, torch.Tensor], done: Optional["torch.cuda.Event"]) -> None:
+        self.keys = keys
+        self._outputs = outputs  # layer -> (b, [crops,] D) float32 on the host
+        self._done = done
+
+    def collect(self) -> List[Tuple[K, ClipFeatures]]:
+        """[(key, {layer: features})] in the order the clips were added."""
+        if self._done is not None:
+            self._done.synchronize()
+        arrays = {layer: y.numpy() for layer, y in self._outputs.items()}
+        return [(key, {layer: a[k] for layer, a in arrays.items()}) for k, key in enumerate(self.keys)]
+
+
+class BatchRunner(Generic[K]):
+    """Pending clips of one model and their batched forward passes (see the module docstring)."""
+
+    def __init__(self, model: PreparedModel, batch_size: int, device: torch.device, dtype: str = "fp32") -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model
+        self.batch_size = batch_size
+        self.device = device
+        self.compute_dtype = COMPUTE_DTYPES[dtype]
+        self._pending: List[Tuple[K, torch.Tensor]] = []
+        shape = (batch_size,) + model.clip_shape
+        self._cuda = device.type == "cuda"
+        n_buffers = 2 if self._cuda else 1  # CUDA: one filled while the other is being copied
+        # Allocated once per model (never per batch): no allocator churn, and pinned memory is
+        # what makes the CUDA copy asynchronous.
+        self._buffers = [torch.zeros(shape, pin_memory=self._cuda) for _ in range(n_buffers)]
+        self._copied: List[Optional["torch.cuda.Event"]] = [None] * n_buffers
+        self._next_buffer = 0
+
+    @property
+    def asynchronous(self) -> bool:
+        """True when `launch` returns before the features are computed (CUDA)."""
+        return self._cuda
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    @property
+    def full(self) -> bool:
+        return len(self._pending) >= self.batch_size
+
+    def add(self, key: K, clip: torch.Tensor) -> bool:
+        """Queue one clip, shape `model.clip_shape`; True when a full batch is waiting."""
+        if tuple(clip.shape) != self.model.clip_shape:
+            raise ValueError(f"{self.model.key}: clip of shape {tuple(clip.shape)}, expected {self.model.clip_shape}")
+        self._pending.append((key, clip))
+        return self.full
+
+    def keys(self) -> List[K]:
+        return [k for k, _ in self._pending]
+
+    def discard(self, drop: Callable[[K], bool]) -> int:
+        """Forget the pending clips whose key matches (e.g. of a video that failed); how many."""
+        before = len(self._pending)
+        self._pending = [(k, t) for k, t in self._pending if not drop(k)]
+        return before - len(self._pending)
+
+    def launch(self) -> Optional[LaunchedBatch[K]]:
+        """Run the first `batch_size` pending clips (fewer: zero-padded); None if none pending."""
+        if not self._pending:
+            return None
+        items, self._pending = self._pending[: self.batch_size], self._pending[self.batch_size :]
+        keys = [k for k, _ in items]
+        return self._forward(keys, [t for _, t in items])
+
+    def compute(self, clips: Sequence[torch.Tensor]) -> List[ClipFeatures]:
+        """Features of up to `batch_size` clips now, bypassing the pending list (Ray actors)."""
+        if not 0 < len(clips) <= self.batch_size:
+            raise ValueError(f"compute takes 1..{self.batch_size} clips, got {len(clips)}")
+        return [f for _, f in self._forward(list(range(len(clips))), list(clips)).collect()]
+
+    def _forward(self, keys: List[K], clips: Sequence[torch.Tensor]) -> LaunchedBatch[K]:
+        model, b, c = self.model, len(clips), self.model.num_crops
+        i = self._next_buffer
+        self._next_buffer = (i + 1) % len(self._buffers)
+        copied = self._copied[i]
+        if copied is not None:
+            copied.synchronize()  # the copy out of this buffer has finished: safe to refill
+        buf = self._buffers[i]
+        torch.stack(list(clips), out=buf[:b])
+        if b < self.batch_size:
+            buf[b:].zero_()  # always a full batch: see the module docstring
+        x = buf.view((self.batch_size * c,) + model.clip_shape[1:])
+        if self._cuda:
+            x = x.to(self.device, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            self._copied[i] = event
+        reduced = self.compute_dtype != torch.float32
+        with torch.autocast(device_type=self.device.type, dtype=self.compute_dtype, enabled=reduced):
+            out = extract_layers(model.net, x, model.layers)
+        host: Dict[str, torch.Tensor] = {}
+        for layer in model.layers:
+            y = out[layer][: b * c].reshape(b, c, -1).float()
+            if not model.keep_crops:
+                y = y.mean(dim=1) if c > 1 else y[:, 0]
+            if self._cuda:
+                pinned = torch.empty(y.shape, dtype=torch.float32, pin_memory=True)
+                host[layer] = pinned.copy_(y, non_blocking=True)
+            else:
+                host[layer] = y.clone()  # never a view of the reused input buffer
+        done = None
+        if self._cuda:
+            done = torch.cuda.Event()
+            done.record()
+        return LaunchedBatch(keys, host, done)

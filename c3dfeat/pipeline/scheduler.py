@@ -1,0 +1,264 @@
+"""The in-process engine: decode threads feed one main thread that batches, runs and commits.
+
+    scheduler = LocalScheduler(tasks, models, writer, report, decoder="pyav", batch_size=4,
+                               workers=2, device=torch.device("cpu"), dtype="fp32")
+    scheduler.run()
+
+Steps, each a method:
+
+* **decode** (`_decode_worker`, `workers` threads; PyAV, decord and torch release the GIL):
+  take the next video in order, run :func:`~c3dfeat.pipeline.decode.decode_video`, put its
+  messages on one bounded queue. At most `max_pending` videos are in flight past the last
+  commit, so buffered features stay bounded.
+* **batch** (`batch`): a clip goes into its model's :class:`BatchRunner`; a full batch runs.
+* **run** (`run_batch`): the forward pass; the features are scattered to their videos.
+* **commit** (`commit`): finished videos go to the writer strictly in input order.
+
+When the queue is empty the main thread runs a partial (zero-padded) batch only if the next
+commit waits for it, then blocks on the queue: no polling. Every worker ends with a message
+(done or crashed), so a bug in a worker always reaches the main thread, with its traceback.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Deque, List, Optional, Sequence, Tuple
+
+import collections
+
+import torch
+
+from c3dfeat.pipeline.assemble import VideoAssembler
+from c3dfeat.pipeline.batching import BatchRunner, LaunchedBatch
+from c3dfeat.pipeline.decode import ClipReady, VideoEnd, VideoFailed, VideoStart, VideoTask, decode_video
+from c3dfeat.pipeline.plan import PreparedModel
+from c3dfeat.pipeline.report import ExtractReport, Progress
+
+__all__ = ["LocalScheduler"]
+
+ClipKey = Tuple[int, int]  # (video seq, clip index)
+SHUTDOWN_SECONDS = 30.0  # how long stopping waits for decode threads to notice
+
+
+@dataclass
+class _WorkerDone:
+    pass
+
+
+@dataclass
+class _WorkerCrash:
+    error: BaseException
+
+
+class _Stopped(Exception):
+    """Raised inside a decode thread when the run is stopping."""
+
+
+class LocalScheduler:
+    """Runs `tasks` (seq 0..n-1, input order) through `models` into `writer` (see module doc)."""
+
+    def __init__(
+        self,
+        tasks: Sequence[VideoTask],
+        models: Sequence[PreparedModel],
+        writer: Any,
+        report: ExtractReport,
+        *,
+        decoder: str = "pyav",
+        batch_size: int = 4,
+        workers: int = 2,
+        device: torch.device = torch.device("cpu"),
+        dtype: str = "fp32",
+        max_pending: Optional[int] = None,
+        progress: Optional[Callable[[Progress], None]] = None,
+        t0: Optional[float] = None,
+    ) -> None:
+        if [t.seq for t in tasks] != list(range(len(tasks))):
+            raise ValueError("tasks must be numbered 0..n-1 in commit order")
+        self.tasks = list(tasks)
+        self.models = list(models)
+        self.writer = writer
+        self.report = report
+        self.decoder = decoder
+        self.workers = workers
+        self.progress = progress
+        self.t0 = time.monotonic() if t0 is None else t0
+        self.runners: List[BatchRunner[ClipKey]] = [BatchRunner(m, batch_size, device, dtype) for m in self.models]
+        self.assembler = VideoAssembler(self.models, len(self.tasks))
+        self.clips_planned = 0
+        self._inflight: Deque[Tuple[int, LaunchedBatch[ClipKey]]] = collections.deque()
+        self._queue: "queue.Queue[Any]" = queue.Queue(maxsize=max(4, 2 * batch_size * len(self.models)))
+        self._stop = threading.Event()
+        self._pending = threading.Semaphore(max_pending or max(16, 4 * workers))
+        self._claim_lock = threading.Lock()
+        self._next_task = 0
+        self._workers_left = workers
+        self._threads: List[threading.Thread] = []
+
+    # ------------------------------------------------------------------ driver
+    def run(self) -> None:
+        """Extract every task; returns when all are committed. A bug, a worker crash or Ctrl-C
+        raises here after the decode threads are stopped (committed videos stay)."""
+        self._threads = [threading.Thread(target=self._decode_worker, name=f"c3dfeat-decode-{i}", daemon=True)
+                         for i in range(self.workers)]
+        for t in self._threads:
+            t.start()
+        try:
+            while not self.assembler.finished:
+                try:
+                    msg = self._queue.get_nowait()
+                except queue.Empty:
+                    if self._unblock_head():
+                        continue
+                    if self._workers_left == 0:
+                        raise RuntimeError("internal error: decoding ended before every video was committed")
+                    msg = self._queue.get()
+                self._handle(msg)
+            self._collect(all_batches=True)
+        finally:
+            self._shutdown()
+
+    def _handle(self, msg: Any) -> None:
+        if isinstance(msg, ClipReady):
+            self.batch(msg)
+        elif isinstance(msg, VideoStart):
+            self.clips_planned += self.assembler.start(msg)
+            self._emit("start", msg.record.id)
+        elif isinstance(msg, VideoEnd):
+            self.assembler.end(msg.seq)
+            self.commit()
+        elif isinstance(msg, VideoFailed):
+            self.clips_planned -= self.assembler.fail(msg)
+            for runner in self.runners:  # its queued clips are not worth computing
+                runner.discard(lambda key: key[0] == msg.seq)
+            self.commit()
+        elif isinstance(msg, _WorkerDone):
+            self._workers_left -= 1
+        elif isinstance(msg, _WorkerCrash):
+            raise msg.error
+        else:  # pragma: no cover - defensive
+            raise RuntimeError(f"internal error: unexpected message {msg!r}")
+
+    def _unblock_head(self) -> bool:
+        """The queue is empty: finish what the next commit waits for. True if anything ran.
+
+        A partial batch costs a padded forward pass, so it runs only when the head video is fully
+        decoded (nothing more of it can come) or when decoding is over."""
+        ran = self._collect(all_batches=True)
+        if self.assembler.head_decoded or self._workers_left == 0:
+            head = self.assembler.head
+            for m, runner in enumerate(self.runners):
+                if len(runner) and (self._workers_left == 0 or any(k[0] == head for k in runner.keys())):
+                    self.run_batch(m)
+                    ran = True
+            ran = self._collect(all_batches=True) or ran
+        if ran:
+            self.commit()
+        return ran
+
+    # ------------------------------------------------------------------ steps
+    def _decode_worker(self) -> None:
+        """decode: videos in order → messages on the queue (a crash is a message too)."""
+        try:
+            while True:
+                self._pending.acquire()
+                if self._stop.is_set():
+                    return
+                with self._claim_lock:
+                    seq = self._next_task
+                    self._next_task += 1
+                if seq >= len(self.tasks):
+                    self._pending.release()
+                    break
+                messages = decode_video(self.tasks[seq], self.models, self.decoder)
+                try:
+                    for msg in messages:
+                        self._put(msg)
+                finally:
+                    messages.close()  # closes the video at once, also when stopping
+        except _Stopped:
+            return
+        except BaseException as e:  # a bug: the main thread re-raises it with this traceback
+            self._queue.put(_WorkerCrash(e))
+            return
+        self._queue.put(_WorkerDone())
+
+    def _put(self, msg: Any) -> None:
+        if self._stop.is_set():
+            raise _Stopped()
+        self._queue.put(msg)  # blocks while the queue is full; stopping drains it
+
+    def batch(self, msg: ClipReady) -> None:
+        """batch: queue a clip for its model; run the batch when it is full."""
+        if self.assembler.is_failed(msg.seq):
+            return
+        if self.runners[msg.model].add((msg.seq, msg.clip), msg.tensor):
+            self.run_batch(msg.model)
+            self._collect(all_batches=False)
+            self.commit()
+
+    def run_batch(self, m: int) -> None:
+        """run: launch model `m`'s next batch (full, or zero-padded)."""
+        launched = self.runners[m].launch()
+        if launched is not None:
+            self._inflight.append((m, launched))
+
+    def _collect(self, all_batches: bool) -> bool:
+        """Scatter finished batches' features to their videos. Unless `all_batches`, the newest
+        batch of an asynchronous (CUDA) runner stays in flight while the queue is read."""
+        got = False
+        while self._inflight:
+            m, launched = self._inflight[0]
+            if not all_batches and len(self._inflight) == 1 and self.runners[m].asynchronous:
+                break
+            self._inflight.popleft()
+            for (seq, clip), features in launched.collect():
+                if self.assembler.put(seq, m, clip, features):
+                    self.report.clips += 1
+            got = True
+            self._emit("batch", self.tasks[launched.keys[-1][0]].id if launched.keys else "")
+        return got
+
+    def commit(self) -> None:
+        """commit: write every finished video at the head, in input order."""
+        for ready in self.assembler.pop_ready():
+            self.writer.add_video(ready.record, ready.results)
+            if ready.failed:
+                self.report.failed.append((ready.record.id, ready.record.error))
+            else:
+                self.report.ok += 1
+            self._pending.release()
+            self._emit("commit", ready.record.id)
+
+    # ------------------------------------------------------------------ helpers
+    def _emit(self, event: str, current: str) -> None:
+        if self.progress is None:
+            return
+        r = self.report
+        self.progress(Progress(
+            videos_done=r.skipped + self.assembler.head, videos_total=r.total, failed=len(r.failed),
+            clips_done=r.clips, clips_planned=self.clips_planned, elapsed=time.monotonic() - self.t0,
+            current=current, event=event,
+        ))
+
+    def _shutdown(self) -> None:
+        """Stop the decode threads: wake those waiting for a slot, drain the queue for those
+        waiting to put, and join them (bounded: they are daemons)."""
+        self._stop.set()
+        for _ in self._threads:
+            self._pending.release()
+        deadline = time.monotonic() + SHUTDOWN_SECONDS
+        for t in self._threads:
+            while t.is_alive() and time.monotonic() < deadline:
+                self._drain()
+                t.join(timeout=0.05)
+        self._drain()
+
+    def _drain(self) -> None:
+        try:
+            while True:
+                self._queue.get_nowait()
+        except queue.Empty:
+            pass
