@@ -29,7 +29,7 @@ from c3dfeat.store import (
 )
 
 MODELS = (
-    ModelInfo("m", (LayerInfo("a", 3, (3,)), LayerInfo("b", 2, (2,), crops=2)), clip_len=4, attrs={"ckpt": "x"}),
+    ModelInfo("m", (LayerInfo("a", 3, (3,)), LayerInfo("b", 2, (2,), num_crops=2)), clip_len=4, attrs={"ckpt": "x"}),
 )
 PROV = {"sampling": {"clip_len": 4, "stride": 2}}
 
@@ -92,7 +92,7 @@ def test_round_trip_layout_and_reader(tmp_path):
 
 def test_half_storage(tmp_path):
     p = tmp_path / "h.h5"
-    with open_writer(p, MODELS, PROV, dtype="float16") as w:
+    with open_writer(p, MODELS, PROV, storage_dtype="float16") as w:
         w.add_video(*_video(1, 3))
     ff = FeatureFile(p)
     assert ff.h5["models/m/layers/a/clip_features"].dtype == np.float16
@@ -105,8 +105,8 @@ def test_resume_refuses_other_provenance_and_overwrite_starts_over(tmp_path):
         w.add_video(*_video(1, 2))
     with pytest.raises(ProvenanceMismatchError, match=r"sampling.stride: 2 != 3"):
         open_writer(p, MODELS, {"sampling": {"clip_len": 4, "stride": 3}})
-    with pytest.raises(ProvenanceMismatchError, match="store.dtype"):
-        open_writer(p, MODELS, PROV, dtype="float16")
+    with pytest.raises(ProvenanceMismatchError, match="store.storage_dtype"):
+        open_writer(p, MODELS, PROV, storage_dtype="float16")
     with open_writer(p, MODELS, PROV) as w:  # same settings: resume
         assert w.done_ids == ["dir/v1.mp4"]
     with open_writer(p, MODELS, PROV, overwrite=True) as w:

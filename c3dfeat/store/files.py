@@ -1,0 +1,98 @@
+"""Opening feature files: the one-writer lock, opening for writing and for reading."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import IO, Optional, Union
+
+import h5py
+
+from c3dfeat.errors import StoreError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no lock
+    fcntl = None  # type: ignore[assignment]
+
+
+def lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+class RunLock:
+    """An exclusive flock on `<file>.lock` for the whole writing run.
+
+    A SWMR writer gives up HDF5's own file lock (so readers can open the file), so without this
+    two runs writing the same output would both "resume" it. The kernel drops the lock when the
+    process dies, so a SIGKILLed run never blocks the next one.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = lock_path(path)
+        self._fh: Optional[IO[bytes]] = None
+        if fcntl is None:  # pragma: no cover
+            return
+        fh = open(self.path, "a+b")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            raise StoreError(
+                f"another process is writing {path} (lock {self.path} is held); wait for it to finish "
+                "or write to another file"
+            ) from None
+        self._fh = fh
+
+    def release(self) -> None:
+        if self._fh is not None:
+            try:
+                self.path.unlink()
+            except OSError:
+                pass
+            self._fh.close()
+            self._fh = None
+
+
+def writer_running(path: Path) -> bool:
+    """True when a live process holds the writer lock of `path` (this one included)."""
+    lp = lock_path(path)
+    if fcntl is None or not lp.exists():
+        return False
+    try:
+        fh = open(lp, "rb")
+    except OSError:
+        return False
+    with fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        return False
+
+
+def open_write(path: Path, timeout: float = 10.0) -> h5py.File:
+    """Open for writing; wait while a reader holds HDF5's file lock (e.g. `c3dfeat info`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return h5py.File(path, "r+", libver="latest")
+        except OSError as e:
+            if "lock" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def open_read(path: Union[str, Path]) -> h5py.File:
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(f"feature file {path} does not exist")
+    try:
+        return h5py.File(path, "r")
+    except OSError:
+        pass
+    try:
+        # A writer is running, or was killed: the superblock still says "open for SWMR write".
+        return h5py.File(path, "r", swmr=True)
+    except OSError as e:
+        raise StoreError(f"cannot open {path} as an HDF5 feature file: {e}") from None

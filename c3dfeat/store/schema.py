@@ -1,0 +1,301 @@
+"""The feature file's schema: names, columns, chunking, the records written and read, provenance.
+
+A leaf of the store package: no h5py file is opened here, only described (docs/hdf5-schema.md).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import h5py
+import numpy as np
+
+from c3dfeat.version import __version__
+
+FORMAT = "c3dfeat-features"
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: attributes `dtype` (root) and `crops` (layer); 2: `storage_dtype`, `num_crops`
+STATUS = ("ok", "failed")  # /videos/status codes
+STORAGE_DTYPES = ("float32", "float16")
+RANDOM_INIT_WARNING = (
+    "RANDOM INIT: at least one model ran WITHOUT pretrained weights; these features are "
+    "meaningless for anything but testing"
+)
+# Root attributes that describe *this run* rather than the features; never compared.
+# `run` is JSON (device, batch size, engine, torch version ...).
+RUN_ATTRS = ("command_line", "created_utc", "shard", "run")
+# Root attribute `state`: "writing" while a writer has the file, then "complete" or "incomplete".
+STATE_WRITING, STATE_COMPLETE, STATE_INCOMPLETE, STATE_NEEDS_REPAIR = "writing", "complete", "incomplete", "needs-repair"
+
+STR = h5py.string_dtype("utf-8")
+VIDEO_COLUMNS: Tuple[Tuple[str, Any], ...] = (
+    ("id", STR),
+    ("path", STR),
+    ("label", STR),
+    ("input_index", np.int64),
+    ("status", np.uint8),
+    ("error", STR),
+    ("num_frames", np.int64),
+    ("fps", np.float64),
+    ("duration", np.float64),
+    ("size_bytes", np.int64),
+    ("height", np.int32),
+    ("width", np.int32),
+)
+CLIP_COLUMNS: Tuple[Tuple[str, Any], ...] = (
+    ("video_index", np.int64),
+    ("start_frame", np.int64),
+    ("start_time", np.float64),
+    ("padded", np.int32),
+)
+TABLE_CHUNK = 4096  # rows per chunk of 1-D tables (32 KiB of int64)
+FEATURE_CHUNK_BYTES = 1 << 20  # ~1 MiB chunks for feature matrices
+
+
+# ----------------------------------------------------------------------------- records
+@dataclass(frozen=True)
+class LayerInfo:
+    """One stored layer: `dim` values per clip (per crop when `num_crops` > 0)."""
+
+    name: str
+    dim: int
+    shape: Tuple[int, ...] = ()  # per-clip shape before flattening (documentation)
+    num_crops: int = 0  # 0: no crop axis stored; n: clip features are (N, n, dim)
+
+    @property
+    def clip_shape(self) -> Tuple[int, ...]:
+        """Shape of one clip's row in `clip_features`."""
+        return (self.num_crops, self.dim) if self.num_crops else (self.dim,)
+
+    @property
+    def crops(self) -> int:
+        """Old name of `num_crops` (kept while callers move to the new name)."""
+        return self.num_crops
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"name": self.name, "dim": self.dim, "shape": list(self.shape), "num_crops": self.num_crops}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "LayerInfo":
+        """Read a layer record; format version 1 called the count `crops`."""
+        n = d["num_crops"] if "num_crops" in d else d.get("crops", 0)
+        return cls(str(d["name"]), int(d["dim"]), tuple(int(s) for s in d["shape"]), int(n))
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One model in the file: its key (group name), layers, clip length and provenance attrs."""
+
+    key: str
+    layers: Tuple[LayerInfo, ...]
+    clip_len: int = 0  # width of clips/frame_indices (0: not stored, e.g. reduced features)
+    attrs: Mapping[str, Any] = field(default_factory=dict)  # JSON-able: checkpoint, sha256, sampling ...
+
+    @property
+    def random_init(self) -> bool:
+        return bool(self.attrs.get("random_init", False))
+
+
+@dataclass
+class VideoRecord:
+    """One row of the video table."""
+
+    id: str
+    path: str = ""
+    label: str = ""
+    input_index: int = -1  # position in the full (unsharded) input list; merge sorts by it
+    status: str = "ok"  # "ok" | "failed"
+    error: str = ""
+    num_frames: int = -1
+    fps: float = math.nan
+    duration: float = math.nan
+    size_bytes: int = -1
+    height: int = -1
+    width: int = -1
+
+
+@dataclass
+class ClipTable:
+    """Per-clip rows of one video for one model."""
+
+    start_frame: np.ndarray  # int64 (n,)
+    start_time: np.ndarray  # float64 (n,) seconds = start_frame / native fps
+    padded: np.ndarray  # int32 (n,) frames repeated at the end of the clip
+    frame_indices: Optional[np.ndarray] = None  # int64 (n, clip_len): native frame indices
+
+    @classmethod
+    def empty(cls, clip_len: int = 0) -> "ClipTable":
+        return cls(
+            np.zeros(0, np.int64), np.zeros(0, np.float64), np.zeros(0, np.int32), np.zeros((0, clip_len), np.int64)
+        )
+
+    def __len__(self) -> int:
+        return len(self.start_frame)
+
+
+@dataclass
+class ModelResult:
+    """What one model produced for one video."""
+
+    clips: ClipTable
+    features: Dict[str, np.ndarray]  # layer -> (n, dim) or (n, num_crops, dim)
+    video: Optional[Dict[str, np.ndarray]] = None  # layer -> (dim,); None: mean of `features`
+
+
+def video_mean(features: np.ndarray) -> np.ndarray:
+    """The video-level feature: mean over clips (and crops), computed in float64."""
+    x = np.asarray(features, dtype=np.float64)
+    if x.shape[0] == 0:
+        return np.full(x.shape[-1], np.nan)
+    return x.reshape(-1, x.shape[-1]).mean(axis=0)
+
+
+def decode_str(x: Any) -> str:
+    """An HDF5 string value as str (h5py returns vlen strings as bytes)."""
+    return x.decode("utf-8") if isinstance(x, bytes) else str(x)
+
+
+def check_storage_dtype(storage_dtype: str) -> str:
+    name = np.dtype(storage_dtype).name
+    if name not in STORAGE_DTYPES:
+        raise ValueError(f"storage_dtype must be one of {', '.join(STORAGE_DTYPES)}, got {storage_dtype!r}")
+    return name
+
+
+# ----------------------------------------------------------------------------- provenance
+def canon(obj: Any) -> Any:
+    """JSON round trip, so tuples/lists and numpy scalars compare equal to what was stored."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=_json_default))
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {o!r}")
+
+
+def _flatten(d: Any, prefix: str = "") -> Dict[str, Any]:
+    if isinstance(d, dict):
+        out: Dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        if not d and prefix:
+            out[prefix] = {}
+        return out
+    return {prefix: d}
+
+
+def provenance_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> List[str]:
+    """Human-readable differences between two provenance dicts ("key: a != b")."""
+    fa, fb = _flatten(canon(a)), _flatten(canon(b))
+    lines = []
+    for k in sorted(set(fa) | set(fb)):
+        va, vb = fa.get(k, "<absent>"), fb.get(k, "<absent>")
+        if va != vb:
+            lines.append(f"{k}: {json.dumps(va)} != {json.dumps(vb)}")
+    return lines
+
+
+# ----------------------------------------------------------------------------- layout
+def feature_chunk(layer: LayerInfo, itemsize: int, per_clip: bool = True) -> Tuple[int, ...]:
+    tail = layer.clip_shape if per_clip else (layer.dim,)
+    row = max(1, int(np.prod(tail)) * itemsize)
+    rows = int(max(1, min(TABLE_CHUNK, FEATURE_CHUNK_BYTES // row)))
+    return (rows,) + tail
+
+
+def create_layout(
+    f: h5py.File,
+    models: Sequence[ModelInfo],
+    provenance: Mapping[str, Any],
+    storage_dtype: str,
+    run_attrs: Mapping[str, Any],
+) -> None:
+    """Create every attribute and (empty, resizable) dataset: SWMR allows no new objects later."""
+    f.attrs["format"] = FORMAT
+    f.attrs["format_version"] = FORMAT_VERSION
+    f.attrs["c3dfeat_version"] = __version__
+    f.attrs["provenance"] = json.dumps(canon(provenance), sort_keys=True)
+    f.attrs["storage_dtype"] = np.dtype(storage_dtype).name
+    f.attrs["models"] = json.dumps([m.key for m in models])
+    f.attrs["state"] = STATE_WRITING
+    f.attrs["state_reason"] = ""
+    random = [m.key for m in models if m.random_init]
+    f.attrs["random_init"] = bool(random)
+    if random:
+        f.attrs["warning"] = f"{RANDOM_INIT_WARNING} ({', '.join(random)})"
+    for k in RUN_ATTRS:
+        f.attrs[k] = str(run_attrs.get(k, ""))
+    f.create_dataset("committed", data=np.zeros(1, np.int64))
+    g = f.create_group("videos")
+    for name, dt in VIDEO_COLUMNS:
+        g.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(TABLE_CHUNK,), dtype=dt)
+    g["status"].attrs["codes"] = json.dumps(list(STATUS))
+    itemsize = np.dtype(storage_dtype).itemsize
+    mg = f.create_group("models")
+    for m in models:
+        gm = mg.create_group(m.key)
+        gm.attrs["info"] = json.dumps(canon(dict(m.attrs)), sort_keys=True)
+        gm.attrs["layers"] = json.dumps([layer.to_json() for layer in m.layers])
+        gm.attrs["clip_len"] = m.clip_len
+        gm.attrs["random_init"] = m.random_init
+        gv = gm.create_group("videos")
+        for name in ("num_clips", "clip_offset"):
+            gv.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(TABLE_CHUNK,), dtype=np.int64)
+        gc = gm.create_group("clips")
+        for name, dt in CLIP_COLUMNS:
+            gc.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(TABLE_CHUNK,), dtype=dt)
+        if m.clip_len:
+            gc.create_dataset(
+                "frame_indices",
+                shape=(0, m.clip_len),
+                maxshape=(None, m.clip_len),
+                chunks=(max(1, TABLE_CHUNK // m.clip_len), m.clip_len),
+                dtype=np.int64,
+            )
+        gl = gm.create_group("layers")
+        for layer in m.layers:
+            g1 = gl.create_group(layer.name)
+            g1.attrs["dim"] = layer.dim
+            g1.attrs["shape"] = json.dumps(list(layer.shape))
+            g1.attrs["num_crops"] = layer.num_crops
+            tail = layer.clip_shape
+            g1.create_dataset(
+                "clip_features",
+                shape=(0,) + tail,
+                maxshape=(None,) + tail,
+                chunks=feature_chunk(layer, itemsize),
+                dtype=storage_dtype,
+            )
+            g1.create_dataset(
+                "video_mean",
+                shape=(0, layer.dim),
+                maxshape=(None, layer.dim),
+                chunks=feature_chunk(layer, itemsize, per_clip=False),
+                dtype=storage_dtype,
+            )
+
+
+def model_infos(f: h5py.File) -> List[ModelInfo]:
+    """The models of an open feature file (either format version)."""
+    out = []
+    for key in json.loads(f.attrs["models"]):
+        gm = f[f"models/{key}"]
+        layers = tuple(LayerInfo.from_json(d) for d in json.loads(gm.attrs["layers"]))
+        out.append(ModelInfo(key, layers, int(gm.attrs["clip_len"]), json.loads(gm.attrs["info"])))
+    return out
+
+
+def layer_record(layer: LayerInfo) -> Dict[str, Any]:
+    """A layer as `c3dfeat info --json` shows it."""
+    return dataclasses.asdict(layer)
