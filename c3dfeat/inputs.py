@@ -25,6 +25,8 @@ Rules (also in docs/sampling.md, "Inputs"):
 * **Duplicates.** The same file reached twice (same resolved path) is kept once (the first
   occurrence); listing it twice with different labels is an error.
 * **Order.** Inputs come out sorted by id, so runs (and shards) are deterministic.
+* **Nothing found.** Inputs that hold no video at all (an empty folder, a folder of other
+  files, an empty list file) raise `NoVideosError`, naming the inputs and the extensions.
 * **Shards.** `shard(items, k, n)` keeps the items whose id hashes (SHA-1) to k-1 mod n, for
   k = 1..n: stable when videos are added or removed, about 1/n of them each.
 """
@@ -37,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple, TypeVar, Union
 
-from c3dfeat.errors import ConfigError, InputError
+from c3dfeat.errors import ConfigError, InputError, NoVideosError
 
 __all__ = [
     "VIDEO_EXTENSIONS",
@@ -138,12 +140,14 @@ def read_list_file(path: PathLike) -> List[Tuple[Path, Optional[str]]]:
 
 
 def resolve_inputs(sources: Iterable[PathLike], root: Optional[PathLike] = None) -> List[VideoInput]:
-    """The videos named by `sources` (files, directories, list files), deduplicated, sorted by id."""
+    """The videos named by `sources` (files, directories, list files), deduplicated, sorted by id.
+
+    Raises InputError for a missing input or a bad list file, NoVideosError when there is no video."""
     found: List[Tuple[Path, Optional[str]]] = []
     roots: List[str] = []
-    n_sources = 0
+    sources_seen: List[PathLike] = []
     for src in sources:
-        n_sources += 1
+        sources_seen.append(src)
         p = Path(os.path.abspath(os.path.expanduser(str(src))))
         if p.is_dir():
             roots.append(str(p))
@@ -156,7 +160,7 @@ def resolve_inputs(sources: Iterable[PathLike], root: Optional[PathLike] = None)
                 found.append((p, None))
         else:
             raise InputError(f"input {src} does not exist; give video files, folders or a list file")
-    if n_sources == 0:
+    if not sources_seen:
         raise InputError("no inputs given; give video files, folders or a list file")
 
     # Deduplicate by resolved path (symlinks, "a/../b"), keeping the first spelling.
@@ -185,6 +189,12 @@ def resolve_inputs(sources: Iterable[PathLike], root: Optional[PathLike] = None)
             raise InputError(f"{p} is not inside the input root {base}; choose another --root")
         out.append(VideoInput(Path(rel).as_posix(), p, label))
     out.sort(key=lambda v: v.id)
+    if not out:
+        names = ", ".join(str(s) for s in sources_seen)
+        raise NoVideosError(
+            f"no video found in {names}: folders are searched (recursively) for "
+            f"{' '.join(sorted(VIDEO_EXTENSIONS))}; list files ({' '.join(sorted(LIST_EXTENSIONS))}) name videos one per line"
+        )
     # Distinct files under one root always get distinct ids; this guards case-folding file systems.
     ids = [v.id for v in out]
     if len(set(ids)) != len(ids):  # pragma: no cover - defensive

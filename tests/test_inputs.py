@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from c3dfeat.errors import ConfigError, InputError
+from c3dfeat.errors import ConfigError, InputError, NoVideosError
 from c3dfeat.inputs import VideoInput, parse_shard, read_list_file, resolve_inputs, shard
 
 
@@ -94,6 +94,23 @@ def test_conflicting_labels_and_missing_inputs(tree):
     bad.write_bytes(b"\xff\xfe\x00a")
     with pytest.raises(InputError, match="UTF-8"):
         resolve_inputs([bad])
+
+
+def test_no_video_found_names_inputs_and_extensions(tmp_path):
+    empty, others = tmp_path / "empty", tmp_path / "others"
+    empty.mkdir()
+    (others / ".hidden").mkdir(parents=True)
+    (others / "notes.md").write_text("x")
+    (others / ".hidden" / "v.mp4").write_bytes(b"")  # hidden folders are skipped
+    lst = tmp_path / "list.txt"
+    lst.write_text("# only a comment\n\n")
+    for args in ([empty], [others], [lst], [empty, lst]):
+        with pytest.raises(NoVideosError) as e:
+            resolve_inputs(args)
+        msg = str(e.value)
+        assert all(str(a) in msg for a in args) and ".mp4" in msg and ".avi" in msg and ".txt" in msg
+        assert "\n" not in msg
+    assert issubclass(NoVideosError, InputError)  # callers catching InputError keep working
 
 
 def test_non_video_file_given_explicitly_is_kept(tree):
