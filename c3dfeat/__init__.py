@@ -13,7 +13,7 @@ from c3dfeat.version import __version__ as __version__
 
 # public name -> module that defines it
 _LAZY: Dict[str, str] = {
-    "create_model": "c3dfeat.models",
+    "create_model": "c3dfeat.zoo",  # resolves names and loads checked weights
     "extract_layers": "c3dfeat.models",
     "get_spec": "c3dfeat.models",
     "list_models": "c3dfeat.models",
@@ -29,13 +29,13 @@ __all__ = ["C3DFeatError", "__version__", *_LAZY]
 if TYPE_CHECKING:  # static checkers and IDEs see the real objects
     from c3dfeat.evaluate import evaluate_features as evaluate_features
     from c3dfeat.models import (
-        create_model as create_model,
         extract_layers as extract_layers,
         get_spec as get_spec,
         list_models as list_models,
     )
     from c3dfeat.pipeline import extract as extract
     from c3dfeat.store import FeatureFile as FeatureFile
+    from c3dfeat.zoo import create_model as create_model
 
 
 def __getattr__(name: str) -> Any:

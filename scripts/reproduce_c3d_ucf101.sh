@@ -26,9 +26,9 @@ if [ ! -d ucfTrainTestlist ]; then
   unzip -qo UCF101TrainTestSplits-RecognitionTask.zip
 fi
 
-# 2. weights: the Caffe checkpoint and its volume mean (converted on load)
-# (--allow-unverified: the original files have no published SHA-256; models.md lists ours)
-"$C3DFEAT" weights download c3d.sports1m c3d.sports1m_mean --allow-unverified
+# 2. weights: the Caffe checkpoint and its volume mean (converted on load). No SHA-256 is published
+# for them: the first download records the digest (printed) and later loads are checked against it.
+"$C3DFEAT" weights download c3d.sports1m
 
 # 3. features: the paper's protocol is the model's default (16-frame clips, stride 8, 128x171,
 #    centre crop 112, volume mean, fc6 after ReLU); resumes if interrupted

@@ -26,7 +26,7 @@ if [ ! -d testTrainMulti_7030_splits ]; then
 fi
 
 # 2. weights (Caffe v1.1 checkpoint, converted on load)
-"$C3DFEAT" weights download res3d_18.sports1m --allow-unverified
+"$C3DFEAT" weights download res3d_18.sports1m
 
 # 3. features: Res3D's protocol is the model's default (8 frames, sampling rate 2, 128x171,
 #    centre crop 112, mean 128); pool5 = the 512-d global average

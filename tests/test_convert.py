@@ -20,12 +20,14 @@ import pytest
 import torch
 
 from c3dfeat.errors import ConversionError
-from c3dfeat.models import create_model, get_spec
-from c3dfeat.weights import convert_file, load_mean_cube, paths
+from c3dfeat.models import get_spec
+from c3dfeat.weights import paths
 from c3dfeat.weights.caffe import read_mean_cube
 from c3dfeat.weights.convert import from_caffe2
 from c3dfeat.weights.formats import detect_format
-from c3dfeat.weights.loading import import_file, state_dict_from_file
+from c3dfeat.weights.loading import state_dict_from_file
+from c3dfeat.zoo import convert_file, create_model, import_file, load_mean_cube
+from tests._weights_server import isolated, server  # noqa: F401  (fixtures)
 
 
 class _Pool:
@@ -180,24 +182,43 @@ def test_c3d_caffemodel_converts_and_loads_strictly(c3d_file):
     assert sum(v.numel() for v in sd.values()) == 79_991_015
 
 
-def test_c3d_caffemodel_via_registry(c3d_file, monkeypatch, tmp_path):
-    """create_model("c3d.sports1m", pretrained=True) finds the caffemodel, checks the digest recorded
-    beside it (sha256sum format, written here) and converts it by its declared format."""
+def write_c3d_mean(path: Path, seed: int = 2) -> np.ndarray:
+    """The C3D Sports-1M mean file's exact layout (1 x 3 x 16 x 128 x 171 BlobProto); returns the cube."""
+    cube = np.random.default_rng(seed).uniform(0, 255, (1, 3, 16, 128, 171)).astype(np.float32)
+    _write(path, _blob_v10(cube, cube.shape))
+    return cube
+
+
+def test_c3d_first_use_downloads_weights_and_mean_from_mirror(c3d_file, server, isolated, monkeypatch, capsys):
+    """The default model with no flag: c3d.sports1m (no published hash) and its mean file come
+    from the mirror on first use, each trusted with one printed line; the second use downloads
+    nothing. The published URLs are never contacted (the mirror is tried first)."""
     import hashlib
 
+    import c3dfeat
+
     path, expected = c3d_file
-    monkeypatch.setattr(paths, "checkout_dir", lambda: None)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    mean_src = path.parent / "mean.binaryproto"
+    cube = write_c3d_mean(mean_src)
+    weights_file, mean_file = "conv3d_deepnetA_sport1m_iter_1900000", "sport1m_train16_128_mean.binaryproto"
+    server.routes["/mirror/" + weights_file] = ("file", path)
+    server.routes["/mirror/" + mean_file] = ("file", mean_src)
+    monkeypatch.setenv("C3DFEAT_WEIGHTS_MIRROR", server.url + "/mirror/")
+    model = c3dfeat.create_model("c3d", pretrained=True)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    record = path.with_name(path.name + ".sha256")
-    record.write_text(f"{digest}  {path.name}\n")
-    try:
-        model = create_model("c3d.sports1m", pretrained=True, weights_dir=path.parent)
-    finally:
-        record.unlink()
     assert model.weights_sha256 == digest
     assert torch.equal(model.fc6.weight, torch.from_numpy(expected["fc6.weight"]))
     assert torch.equal(model.conv5b.bias, torch.from_numpy(expected["conv5b.bias"]))
+    err = capsys.readouterr().err
+    assert f"first download of c3d.sports1m from {server.url}/mirror/{weights_file}, sha256 {digest}" in err
+    assert "first download of c3d.sports1m_mean" in err
+    assert sorted(p.name for p in isolated.iterdir()) == sorted(
+        [weights_file, weights_file + ".sha256", mean_file, mean_file + ".sha256"])
+    got = load_mean_cube("c3d")
+    assert got.shape == (3, 16, 128, 171) and np.array_equal(got, cube[0])
+    assert c3dfeat.create_model("c3d", pretrained=True).weights_sha256 == digest
+    assert dict(server.hits) == {"/mirror/" + weights_file: 1, "/mirror/" + mean_file: 1}
+    assert "first" not in capsys.readouterr().err
 
 
 def test_c3d_caffemodel_wrong_shape_names_the_blob(tmp_path):
@@ -220,10 +241,8 @@ def test_mean_cube_binaryproto(tmp_path, monkeypatch):
     monkeypatch.setattr(paths, "checkout_dir", lambda: None)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.delenv("C3DFEAT_WEIGHTS", raising=False)
-    rng = np.random.default_rng(2)
-    cube = rng.uniform(0, 255, (1, 3, 16, 128, 171)).astype(np.float32)
     src = tmp_path / "sport1m_train16_128_mean.binaryproto"
-    _write(src, _blob_v10(cube, cube.shape))
+    cube = write_c3d_mean(src)
     head = src.read_bytes()[:13]
     # models.md §7.2: 08 01 10 03 18 10 20 80 01 28 ab 01 32 ...
     assert head == bytes([0x08, 1, 0x10, 3, 0x18, 16, 0x20, 0x80, 0x01, 0x28, 0xAB, 0x01, 0x32])
@@ -232,9 +251,10 @@ def test_mean_cube_binaryproto(tmp_path, monkeypatch):
 
     spec = get_spec("c3d")
     wdir = tmp_path / "weights"
-    assert load_mean_cube(spec, wdir) is None  # not present: None, transforms use the approximation
-    import_file(src, "c3d.sports1m_mean", wdir, allow_unverified=True)
-    got = load_mean_cube(spec, wdir)
+    # absent and downloads off: None, the transforms use the approximation
+    assert load_mean_cube(spec, wdir, download=False) is None
+    import_file(src, "c3d.sports1m_mean", wdir)  # no published hash: recorded
+    got = load_mean_cube(spec, wdir, download=False)
     assert got.shape == (3, 16, 128, 171) and got.dtype == np.float32
     assert np.array_equal(got, cube[0])
 

@@ -11,9 +11,6 @@ import io
 import json
 import os
 import pickle
-import threading
-from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -23,13 +20,22 @@ from click.testing import CliRunner
 
 from c3dfeat.cli import cli
 from c3dfeat.errors import ChecksumError, UnsafePickleError, WeightsError, WeightsNotFoundError
-from c3dfeat.models import _registry, create_model, get_spec
+from c3dfeat.models import _registry, get_spec
 from c3dfeat.specs import Checkpoint, LayerSpec, ModelSpec, Preprocessing
-from c3dfeat.weights import fetch as download_mod
-from c3dfeat.weights import find_local_file, load_pretrained, paths, search_dirs
+from c3dfeat.weights import find_local_file, load_file, paths, search_dirs
 from c3dfeat.weights.safe_pickle import safe_loads
+from c3dfeat.zoo import create_model
+from tests._weights_server import all_files as _all_files
+from tests._weights_server import closed_port_url as _closed_port_url
+from tests._weights_server import isolated, server  # noqa: F401  (fixtures)
 
-_REAL_CHECKOUT_DIR = paths.checkout_dir  # before the autouse fixture replaces it
+_REAL_CHECKOUT_DIR = paths.checkout_dir  # before the `isolated` fixture replaces it
+
+
+@pytest.fixture(autouse=True)
+def _isolated_everywhere(isolated):
+    """Every test here runs without the real weights directories, mirrors or retry sleeps."""
+    return isolated
 
 
 # ----------------------------------------------------------------------------- a tiny registered model
@@ -79,70 +85,6 @@ def _ckpt(tag: str, file_name: str, urls, **kw) -> Checkpoint:
 def _equal(model: nn.Module, sd: dict) -> bool:
     own = model.state_dict()
     return own.keys() == sd.keys() and all(torch.equal(own[k], sd[k]) for k in sd)
-
-
-def _all_files(d: Path) -> list:
-    return sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file()) if d.exists() else []
-
-
-# ----------------------------------------------------------------------------- environment + server
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """No real weights directories, no proxies, no retry sleeps."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    monkeypatch.delenv("C3DFEAT_WEIGHTS", raising=False)
-    monkeypatch.setattr(paths, "checkout_dir", lambda: None)
-    monkeypatch.setattr(download_mod, "RETRY_BACKOFF_S", (0.0, 0.0))
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    return tmp_path / "xdg" / "c3dfeat" / "weights"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 - http.server API
-        srv = self.server
-        srv.hits[self.path] += 1
-        mode, body = srv.routes.get(self.path, ("404", b""))
-        first = srv.hits[self.path] == 1
-        if mode == "404" or (mode == "500_once" and first):
-            self.send_error(404 if mode == "404" else 500)
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if mode == "cut" or (mode == "cut_once" and first):
-            self.wfile.write(body[: len(body) // 2])  # then the connection is closed (HTTP/1.0)
-            self.wfile.flush()
-            self.close_connection = True
-            return
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def server():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    srv.routes, srv.hits = {}, Counter()
-    srv.url = f"http://127.0.0.1:{srv.server_address[1]}"
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-
-
-def _closed_port_url() -> str:
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()  # nothing listens there now
-    return f"http://127.0.0.1:{port}/tiny.pth"
 
 
 # ----------------------------------------------------------------------------- search order
@@ -220,12 +162,12 @@ def test_cut_connection_leaves_nothing_that_passes_later(server, monkeypatch, is
     server.routes["/tiny.pth"] = ("cut", body)
     _register(monkeypatch, _ckpt("v1", "tiny.pth", [server.url + "/tiny.pth"]))
     with pytest.raises(WeightsNotFoundError, match="connection closed after"):
-        create_model("wtest_tiny", pretrained=True, allow_unverified=True)
+        create_model("wtest_tiny", pretrained=True)
     assert server.hits["/tiny.pth"] == 3  # 1 try + 2 retries
     assert _all_files(isolated) == []
     assert find_local_file(get_spec("wtest_tiny").checkpoint) is None
     server.routes["/tiny.pth"] = ("ok", body)  # the server recovers: a clean download follows
-    model = create_model("wtest_tiny", pretrained=True, allow_unverified=True)
+    model = create_model("wtest_tiny", pretrained=True)
     assert _equal(model, sd)
 
 
@@ -245,40 +187,73 @@ def test_no_server_clear_error(monkeypatch, isolated):
     with pytest.raises(WeightsNotFoundError) as e:
         create_model("wtest_tiny", pretrained=True)
     msg = str(e.value)
-    assert url in msg
-    assert "c3dfeat weights import FILE --model wtest_tiny.v1" in msg
-    assert "--allow-unverified" not in msg  # a published hash needs no flag
+    assert "\n" not in msg and url in msg and "tiny.pth" in msg
+    assert "C3DFEAT_WEIGHTS_MIRROR" in msg
+    assert msg.endswith("`c3dfeat weights import FILE --model wtest_tiny.v1`")
     assert _all_files(isolated) == []
 
 
-def test_unverified_needs_flag_then_digest_is_recorded_and_enforced(server, monkeypatch, isolated, capsys):
+def test_no_published_hash_trusted_on_first_use_then_checked(server, monkeypatch, isolated, capsys):
     body, sd = _tiny_bytes(7)
     server.routes["/tiny.pth"] = ("ok", body)
-    _register(monkeypatch, _ckpt("v1", "tiny.pth", [server.url + "/tiny.pth"]))
-    with pytest.raises(WeightsError, match="--allow-unverified"):
-        create_model("wtest_tiny", pretrained=True)
-    assert server.hits["/tiny.pth"] == 0  # refused before any transfer
-    model = create_model("wtest_tiny", pretrained=True, allow_unverified=True)
-    assert _equal(model, sd)
-    assert _sha(body) in capsys.readouterr().err
-    assert (isolated / "tiny.pth.sha256").read_text().split()[0] == _sha(body)
-    # Recorded now: loads without the flag ...
+    url = server.url + "/tiny.pth"
+    _register(monkeypatch, _ckpt("v1", "tiny.pth", [url]))
+    model = create_model("wtest_tiny", pretrained=True)  # no flag
+    assert _equal(model, sd) and model.weights_sha256 == _sha(body)
+    tofu = [ln for ln in capsys.readouterr().err.splitlines() if "first download" in ln]
+    assert tofu == [f"c3dfeat: first download of wtest_tiny.v1 from {url}, sha256 {_sha(body)}; "
+                    "later loads are checked against it (tiny.pth.sha256)"]
+    assert (isolated / "tiny.pth.sha256").read_text() == f"{_sha(body)}  tiny.pth\n"
+    # later loads: no download, no announcement, checked against the record
     assert create_model("wtest_tiny", pretrained=True).weights_sha256 == _sha(body)
-    # ... and a changed file is refused.
+    assert server.hits["/tiny.pth"] == 1 and "first" not in capsys.readouterr().err
     other, _ = _tiny_bytes(8)
     (isolated / "tiny.pth").write_bytes(other)
     with pytest.raises(ChecksumError, match="recorded"):
         create_model("wtest_tiny", pretrained=True)
+    # the record outlives its file: a re-download with other bytes is refused too
+    (isolated / "tiny.pth").unlink()
+    server.routes["/tiny.pth"] = ("ok", other)
+    with pytest.raises(ChecksumError, match="recorded"):
+        create_model("wtest_tiny", pretrained=True)
+    assert _all_files(isolated) == ["tiny.pth.sha256"]
 
 
-def test_local_file_without_record_needs_flag(monkeypatch, isolated):
+def test_require_hashes_refuses_unpublished(server, monkeypatch, isolated):
+    body, sd = _tiny_bytes(7)
+    server.routes["/tiny.pth"] = ("ok", body)
+    _register(monkeypatch, _ckpt("v1", "tiny.pth", [server.url + "/tiny.pth"]))
+    with pytest.raises(WeightsError, match="no published SHA-256.*--require-hashes"):
+        create_model("wtest_tiny", pretrained=True, require_hashes=True)
+    monkeypatch.setenv("C3DFEAT_REQUIRE_HASHES", "1")
+    with pytest.raises(WeightsError, match="C3DFEAT_REQUIRE_HASHES"):
+        create_model("wtest_tiny", pretrained=True)
+    assert server.hits["/tiny.pth"] == 0 and _all_files(isolated) == []  # refused before any transfer
+    # an explicit False wins over the environment; afterwards the record alone does not satisfy it
+    assert _equal(create_model("wtest_tiny", pretrained=True, require_hashes=False), sd)
+    with pytest.raises(WeightsError, match="no published SHA-256"):
+        create_model("wtest_tiny", pretrained=True)
+    monkeypatch.setenv("C3DFEAT_REQUIRE_HASHES", "0")
+    assert _equal(create_model("wtest_tiny", pretrained=True), sd)
+
+
+def test_published_hash_passes_require_hashes(server, monkeypatch, isolated):
+    body, sd = _tiny_bytes(7)
+    server.routes["/tiny.pth"] = ("ok", body)
+    _register(monkeypatch, _ckpt("v1", "tiny.pth", [server.url + "/tiny.pth"], sha256=_sha(body)))
+    assert _equal(create_model("wtest_tiny", pretrained=True, require_hashes=True), sd)
+
+
+def test_local_file_without_record_trusted_on_first_use(monkeypatch, isolated, capsys):
     body, sd = _tiny_bytes(9)
     isolated.mkdir(parents=True)
     (isolated / "tiny.pth").write_bytes(body)
     _register(monkeypatch, _ckpt("v1", "tiny.pth", ["http://127.0.0.1:9/never"]))
-    with pytest.raises(WeightsError, match="c3dfeat weights import"):
-        create_model("wtest_tiny", pretrained=True)
-    assert _equal(create_model("wtest_tiny", pretrained=True, allow_unverified=True), sd)
+    with pytest.raises(WeightsError, match="--require-hashes"):
+        create_model("wtest_tiny", pretrained=True, require_hashes=True)
+    assert _equal(create_model("wtest_tiny", pretrained=True), sd)
+    assert f"first use of wtest_tiny.v1 from {isolated / 'tiny.pth'}, sha256 {_sha(body)}" in capsys.readouterr().err
+    assert (isolated / "tiny.pth.sha256").read_text().split()[0] == _sha(body)
 
 
 # ----------------------------------------------------------------------------- containers and safe loading
@@ -290,8 +265,8 @@ def test_torch_containers_load_with_weights_only(tmp_path, legacy, wrap):
     if legacy:
         assert not body.startswith(b"PK")  # really the pre-1.6 format (DavideA c3d.pickle)
     model = Tiny()
-    load_pretrained(model, None, p)
-    assert _equal(model, sd) and model.weights_sha256 == _sha(body)
+    assert load_file(model, p) == _sha(body)
+    assert _equal(model, sd)
 
 
 def _make_marker(path):  # what a malicious pickle would run
@@ -323,7 +298,7 @@ def test_malicious_caffe2_pickle_is_refused(tmp_path, evil):
     with pytest.raises(UnsafePickleError, match="refusing to unpickle"):
         safe_loads(data)
     with pytest.raises(UnsafePickleError):
-        load_pretrained(Tiny(), None, p)  # detected as caffe2_pkl, goes through the restricted unpickler
+        load_file(Tiny(), p)  # detected as caffe2_pkl, goes through the restricted unpickler
     assert not marker.exists()
     # Sanity: the same pickle does create the marker when loaded without restrictions.
     if evil is _Evil:
@@ -337,7 +312,7 @@ def test_malicious_torch_file_is_refused(tmp_path, legacy):
     p = tmp_path / "evil.pth"
     torch.save({"w": torch.zeros(2), "x": _Evil(marker)}, p, _use_new_zipfile_serialization=not legacy)
     with pytest.raises(UnsafePickleError, match="weights_only"):
-        load_pretrained(Tiny(), None, p)
+        load_file(Tiny(), p)
     assert not marker.exists()
 
 
@@ -375,14 +350,16 @@ def test_cli_download_list_verify_import(server, monkeypatch, isolated, tmp_path
     line = next(ln for ln in r.stdout.splitlines() if ln.startswith("wtest_tiny.v1"))
     assert line.split()[-2:] == ["yes", "prefix"]
 
-    # import a file fetched "by other means": v2 has no hash -> needs the flag, then recorded
+    # import a file fetched "by other means": v2 has no hash -> refused with --require-hashes,
+    # else trusted and its digest recorded
     other, sd2 = _tiny_bytes(12)
     src = tmp_path / "fetched.pth"
     src.write_bytes(other)
+    r = runner.invoke(cli, ["weights", "import", str(src), "--model", "wtest_tiny.v2", "--require-hashes"])
+    assert r.exit_code == 1 and "no published SHA-256" in r.output and not (isolated / "tiny2.pth").exists()
     r = runner.invoke(cli, ["weights", "import", str(src), "--model", "wtest_tiny.v2"])
-    assert r.exit_code == 1 and "--allow-unverified" in r.output
-    r = runner.invoke(cli, ["weights", "import", str(src), "--model", "wtest_tiny.v2", "--allow-unverified"])
     assert r.exit_code == 0, r.output
+    assert "wtest_tiny.v2" in r.stdout and "(recorded, sha256 " + _sha(other) in r.stdout
     assert (isolated / "tiny2.pth").read_bytes() == other
     assert _equal(create_model("wtest_tiny.v2", pretrained=True), sd2)
     # importing a file of the wrong format is refused
@@ -402,17 +379,18 @@ def test_cli_download_list_verify_import(server, monkeypatch, isolated, tmp_path
 def test_cli_download_offline_names_url_and_import_command(monkeypatch, isolated):
     url = _closed_port_url()
     _register(monkeypatch, _ckpt("v1", "tiny.pth", [url]))
-    r = CliRunner().invoke(cli, ["weights", "download", "wtest_tiny.v1", "--allow-unverified"])
-    assert r.exit_code == 1
-    assert url in r.output
-    assert "c3dfeat weights import FILE --model wtest_tiny.v1 --allow-unverified" in r.output
+    r = CliRunner().invoke(cli, ["weights", "download", "wtest_tiny.v1"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    (line,) = [ln for ln in r.output.splitlines() if ln.startswith("Error:")]  # one line
+    assert url in line and "C3DFEAT_WEIGHTS_MIRROR" in line
+    assert "`c3dfeat weights import FILE --model wtest_tiny.v1`" in line
 
 
 def test_every_registered_checkpoint_is_well_formed():
     """The registry's hash knowledge is consistent with the file names (models.md §0.2)."""
     import re
 
-    from c3dfeat.weights import all_checkpoints
+    from c3dfeat.zoo import all_checkpoints
 
     known = all_checkpoints()
     assert len(known) >= 30
@@ -465,7 +443,7 @@ def test_download_registered_architecture_end_to_end(server, monkeypatch, isolat
     import dataclasses
 
     torch.manual_seed(0)
-    sd = create_model("mc3_18").state_dict()
+    sd = create_model("mc3_18").state_dict()  # random init
     buf = io.BytesIO()
     torch.save(sd, buf)
     body = buf.getvalue()
@@ -488,16 +466,17 @@ def test_strict_load_reports_what_does_not_fit(tmp_path):
     p = tmp_path / "w.pth"
     p.write_bytes(body)
     with pytest.raises(ConversionError, match=r"wrong shape \(fc.weight \(5, 4\) vs \(3, 4\)"):
-        load_pretrained(Tiny(num_classes=3), None, p)
+        load_file(Tiny(num_classes=3), p)
     extra = dict(sd, **{"head.weight": torch.zeros(1)})
     torch.save(extra, p)
     with pytest.raises(ConversionError, match=r"unexpected 1 \(head.weight\)"):
-        load_pretrained(Tiny(), None, p)
+        load_file(Tiny(), p)
     # BatchNorm step counters are not weights: a checkpoint without them still loads strictly
     torch.save({k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}, p)
-    model = load_pretrained(Tiny(), None, p)
+    model = Tiny()
+    load_file(model, p)
     assert _equal(model, sd)
     del sd["fc.bias"]
     torch.save(sd, p)
     with pytest.raises(ConversionError, match=r"missing 1 \(fc.bias\)"):
-        load_pretrained(Tiny(), None, p)
+        load_file(Tiny(), p)

@@ -7,19 +7,7 @@ from typing import Optional, Tuple
 
 import click
 
-from c3dfeat.cli import cli
-
-_weights_dir = click.option(
-    "--weights-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Weights directory searched first (and written to); default: $C3DFEAT_WEIGHTS, then the cache.",
-)
-_allow_unverified = click.option(
-    "--allow-unverified",
-    is_flag=True,
-    help="Accept a file with no published hash; its SHA-256 is printed and recorded beside it.",
-)
+from c3dfeat.cli import cli, options
 
 
 @cli.group("weights")
@@ -28,11 +16,14 @@ def weights_group() -> None:
 
     \b
     Search order: --weights-dir, $C3DFEAT_WEIGHTS, <checkout>/weights, ~/.cache/c3dfeat/weights.
+    A checkpoint with a published SHA-256 (or hash prefix) is checked against it; one without is
+    trusted on first use: its digest is recorded in FILE.sha256 and every later load is checked
+    against that (--require-hashes refuses such files).
     """
 
 
 @weights_group.command("list")
-@_weights_dir
+@options.weights_dir
 @click.option("--no-hash", is_flag=True, help="Do not hash present files (faster; no verified column).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--markdown", is_flag=True, help="The registry as a Markdown table (for weights/README.md).")
@@ -45,8 +36,8 @@ def list_command(weights_dir: Optional[Path], no_hash: bool, as_json: bool, mark
       c3dfeat weights list
       c3dfeat weights list 'r2plus1d_34*' --json
     """
-    from c3dfeat.weights import all_checkpoints, statuses
     from c3dfeat.weights.hashing import hash_knowledge
+    from c3dfeat.zoo import all_checkpoints, statuses
 
     if markdown:
         click.echo("| checkpoint | file | format | classes | published hash | URL(s) |")
@@ -88,45 +79,52 @@ def list_command(weights_dir: Optional[Path], no_hash: bool, as_json: bool, mark
 
 @weights_group.command("download")
 @click.argument("names", nargs=-1, required=True)
-@_weights_dir
-@_allow_unverified
-def download_command(names: Tuple[str, ...], weights_dir: Optional[Path], allow_unverified: bool) -> None:
-    """Download checkpoints (NAME = model.tag, or model for its default) and verify them.
+@options.downloads
+def download_command(
+    names: Tuple[str, ...], weights_dir: Optional[Path], require_hashes: bool, weights_mirror: Optional[str]
+) -> None:
+    """Download checkpoints (NAME = model.tag, or model for its default) and check them.
+
+    A model's mean file (C3D) comes with its weights.
 
     \b
     Examples:
-      c3dfeat weights download r2plus1d_18.kinetics400
-      c3dfeat weights download c3d.sports1m c3d.sports1m_mean --allow-unverified
+      c3dfeat weights download c3d
+      c3dfeat weights download r2plus1d_18.kinetics400 --require-hashes
+      c3dfeat weights download c3d --weights-mirror https://mirror.example.org/c3dfeat
     """
-    from c3dfeat.weights import download
+    from c3dfeat.zoo import download
 
     for name in names:
-        v = download(name, weights_dir, allow_unverified=allow_unverified)
-        click.echo(f"{name}: {v.path} ({v.status}, sha256 {v.digest})")
+        for full, v in download(name, weights_dir, require_hashes or None, weights_mirror):
+            click.echo(f"{full}: {v.path} ({v.status}, sha256 {v.digest})")
 
 
 @weights_group.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--model", "name", required=True, help="The checkpoint this file is, as model.tag.")
-@_weights_dir
-@_allow_unverified
-def import_command(file: Path, name: str, weights_dir: Optional[Path], allow_unverified: bool) -> None:
-    """Copy a checkpoint fetched by other means into the weights directory, verified.
+@options.weights_dir
+@options.require_hashes
+def import_command(file: Path, name: str, weights_dir: Optional[Path], require_hashes: bool) -> None:
+    """Copy a checkpoint fetched by other means into the weights directory, checked.
+
+    Its format must match; so must the published hash, if any. Otherwise the file is trusted and
+    its SHA-256 recorded beside the copy (refused with --require-hashes).
 
     \b
     Examples:
       c3dfeat weights import ~/Downloads/r2plus1d_18-91a641e6.pth --model r2plus1d_18.kinetics400
-      c3dfeat weights import conv3d_deepnetA_sport1m_iter_1900000 --model c3d.sports1m --allow-unverified
+      c3dfeat weights import conv3d_deepnetA_sport1m_iter_1900000 --model c3d.sports1m
     """
-    from c3dfeat.weights import import_file
+    from c3dfeat.zoo import import_file
 
-    v = import_file(file, name, weights_dir, allow_unverified=allow_unverified)
+    v = import_file(file, name, weights_dir, require_hashes or None)
     click.echo(f"{name}: {v.path} ({v.status}, sha256 {v.digest})")
 
 
 @weights_group.command("verify")
 @click.argument("pattern", default="*")
-@_weights_dir
+@options.weights_dir
 def verify_command(pattern: str, weights_dir: Optional[Path]) -> None:
     """Hash every present checkpoint and check it; exit code 1 if any does not match.
 
@@ -135,7 +133,7 @@ def verify_command(pattern: str, weights_dir: Optional[Path]) -> None:
       c3dfeat weights verify
       c3dfeat weights verify 'c3d.*' --weights-dir /data/weights
     """
-    from c3dfeat.weights import statuses
+    from c3dfeat.zoo import statuses
 
     present = [st for st in statuses(pattern, weights_dir) if st.path is not None]
     bad = [st for st in present if st.status.startswith("MISMATCH")]
@@ -159,7 +157,7 @@ def convert_command(src: Path, name: str, dst: Path) -> None:
       c3dfeat weights convert irCSN_152_ig65m_from_scratch_f125286141.pkl --model ir_csn_152 -o ircsn.pth
       c3dfeat weights convert sport1m_train16_128_mean.binaryproto --model c3d -o c3d_mean.npy
     """
-    from c3dfeat.weights import convert_file
+    from c3dfeat.zoo import convert_file
 
     fmt, digest = convert_file(src, name, dst)
     click.echo(f"{src} ({fmt}) -> {dst} (sha256 {digest})")

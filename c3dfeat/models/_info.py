@@ -80,20 +80,9 @@ def gflops_per_clip(spec: Union[str, ModelSpec], input_size: Optional[Size] = No
     return _flops(spec.builder, spec.num_classes, tuple(input_size or spec.input_size)) / 1e9
 
 
-def _weights_present(ckpt: Any, weights_dir: Any) -> Optional[bool]:
-    """True/False when the weights package can tell; None while it cannot (not importable)."""
-    try:
-        from c3dfeat.weights import find_local_file
-    except ImportError:
-        return None
-    try:
-        return find_local_file(ckpt, weights_dir=weights_dir) is not None
-    except Exception:  # noqa: BLE001 - a broken weights dir must not break `c3dfeat models`
-        return None
-
-
-def model_info(spec: Union[str, ModelSpec], weights_dir: Any = None) -> Dict[str, Any]:
-    """Everything `c3dfeat models` shows about one architecture, JSON-serialisable."""
+def model_info(spec: Union[str, ModelSpec]) -> Dict[str, Any]:
+    """What `c3dfeat models` shows about one architecture, JSON-serialisable (whether the weights
+    files are present is added by :func:`c3dfeat.zoo.model_info`)."""
     spec = _spec(spec)
     pre = spec.preprocessing
     return {
@@ -131,7 +120,6 @@ def model_info(spec: Union[str, ModelSpec], weights_dir: Any = None) -> Dict[str
                 "dataset": c.dataset,
                 "file_name": c.file_name,
                 "clip_len": dict(c.preprocessing).get("clip_len", pre.clip_len) if c.is_weights else None,
-                "present": _weights_present(c, weights_dir),
             }
             for c in spec.checkpoints
         ],

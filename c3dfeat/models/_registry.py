@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Union
+from typing import Dict, Iterable, List, Literal, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 
-from c3dfeat.errors import UnknownModelError
+from c3dfeat.errors import ConfigError, UnknownModelError
+from c3dfeat.models._layers import LayerwiseModel
 from c3dfeat.specs import ModelSpec
 
 _REGISTRY: Dict[str, ModelSpec] = {}
@@ -65,41 +65,26 @@ def get_spec(name: str) -> ModelSpec:
     return resolved
 
 
-def create_model(
-    name: str,
-    pretrained: Union[bool, str, Path] = False,
-    *,
-    weights_dir: Optional[Union[str, Path]] = None,
-    allow_unverified: bool = False,
-    num_classes: Optional[int] = None,
-) -> nn.Module:
-    """Build `name` in eval mode; `model.spec` holds its resolved ModelSpec.
+def create_model(name: str, pretrained: Literal[False] = False, *, num_classes: Optional[int] = None) -> LayerwiseModel:
+    """Build `name` with random weights, in eval mode; `model.spec` holds its resolved ModelSpec.
+
+    This is the registry's builder; pretrained weights are loaded one layer up, by
+    :func:`c3dfeat.create_model` (:mod:`c3dfeat.zoo`), which resolves and checks the checkpoint.
 
     Args:
-        name: "arch" or "arch.tag" (the tag picks the checkpoint; default: the first one).
-        pretrained: False for random init, True for the checkpoint (found in the weights
-            directories or downloaded), or a path to a local file in any supported format.
-        weights_dir: an explicit weights directory, searched before the defaults.
-        allow_unverified: accept a download that has no published hash.
-        num_classes: override the classifier size (only without pretrained weights).
+        name: "arch" or "arch.tag" (the tag picks the checkpoint and so the class count).
+        pretrained: only False here (kept so that old calls with ``pretrained=False`` work).
+        num_classes: override the classifier size.
     """
-    spec = get_spec(name)
-    classes = spec.num_classes if num_classes is None else num_classes
-    if pretrained is not False and classes != spec.num_classes:
-        raise ValueError(f"num_classes={classes} conflicts with checkpoint {spec.full_name} ({spec.num_classes})")
-    model = spec.builder(num_classes=classes)
-    model.spec = spec
-    model.weights_sha256 = None  # set by the loader; None means random init
     if pretrained is not False:
-        from c3dfeat.weights import load_pretrained  # late import: weights imports the registry
-
-        load_pretrained(
-            model,
-            spec,
-            None if pretrained is True else Path(pretrained),
-            weights_dir=weights_dir,
-            allow_unverified=allow_unverified,
+        raise ConfigError(
+            f"c3dfeat.models.create_model builds random-init models; load pretrained weights with "
+            f"c3dfeat.create_model({name!r}, pretrained=...)"
         )
+    spec = get_spec(name)
+    model: LayerwiseModel = spec.builder(num_classes=spec.num_classes if num_classes is None else num_classes)
+    model.spec = spec
+    model.weights_sha256 = None  # set by c3dfeat.zoo when weights are loaded; None means random init
     return model.eval()
 
 
@@ -109,7 +94,7 @@ def extract_layers(
     """Features of several layers from ONE forward pass; layers past the deepest are skipped.
 
     Args:
-        model: a model from :func:`create_model`.
+        model: a model from :func:`c3dfeat.create_model`.
         clips: preprocessed clips, (N, C, T, H, W).
         layers: layer names (canonical or original aliases, e.g. "fc6-1").
 

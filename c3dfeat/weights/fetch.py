@@ -1,16 +1,18 @@
-"""Download a checkpoint into a weights directory: verified before it gets its real name.
+"""Download a checkpoint into a weights directory: checked before it gets its real name.
 
-The HTTP transfer is torch.hub's `download_url_to_file` (it streams to `<dst>.<uuid>.partial` and
-removes that on any error). Around it:
-* rich progress on stderr (torch.hub renders through a module-level `tqdm`; a small adapter is
-  swapped in for the call, since torch.hub has no progress hook);
-* a completeness check: urllib returns a short body without error when the server closes the
-  connection early (http.client does not raise IncompleteRead on `read(amt)`), so the byte count is
-  compared with Content-Length;
-* retries with backoff on transient errors (connection refused/reset, timeouts, 5xx, 429,
-  truncated bodies); 4xx and a wrong hash go to the next mirror;
-* the SHA-256 check, then `os.replace` to the final name, then the digest record `<file>.sha256`.
-Nothing is left under the final name unless it passed the check.
+* URLs in order: the mirror (``<mirror>/<file name>``, see :mod:`.policy`) first, then the
+  checkpoint's published URLs.
+* Each transfer streams to ``.<file>.<random>.download`` beside the target, with a progress bar on
+  stderr (rich on a terminal; on a log file a plain line at the start and every
+  :data:`PLAIN_PROGRESS_EVERY_S` seconds). A body shorter than its Content-Length is an error
+  (urllib returns a short body without raising when the server closes the connection early).
+* Transient errors (connection refused/reset, timeouts, 5xx, 429, truncated bodies) are retried
+  with backoff; 4xx, a wrong hash and bytes of the wrong format go to the next URL.
+* The bytes must have the checkpoint's format (an HTML error page is not a caffemodel) and its
+  published SHA-256 / prefix, or the digest recorded beside an earlier copy. Then ``os.replace``
+  to the final name and the digest record ``<file>.sha256``. A checkpoint with no published hash
+  is trusted on first use: its digest is recorded and printed in one line, and every later load is
+  checked against it. Nothing stays under any name unless it passed.
 """
 from __future__ import annotations
 
@@ -20,95 +22,102 @@ import socket
 import sys
 import time
 import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 from c3dfeat.errors import ChecksumError, WeightsError, WeightsNotFoundError
 from c3dfeat.specs import Checkpoint
-from c3dfeat.weights import hashing
+from c3dfeat.version import __version__
+from c3dfeat.weights import hashing, policy
 
-# Seconds to wait before retry 1, 2, ... (per mirror); tests set this to zeros.
+# Seconds to wait before retry 1, 2, ... (per URL); tests set this to zeros.
 RETRY_BACKOFF_S: Sequence[float] = (1.0, 4.0)
 SOCKET_TIMEOUT_S = 60.0
+PLAIN_PROGRESS_EVERY_S = 10.0
+_CHUNK = 1 << 20
+_MiB = float(1 << 20)
 
 
 class _Truncated(Exception):
     pass
 
 
-class _RichProgress:
-    """The subset of the tqdm interface torch.hub uses; renders with rich on stderr if `show`."""
+class _Progress:
+    """Bytes received so far, on stderr: a rich bar on a terminal, plain lines otherwise."""
 
-    def __init__(self, label: str, show: bool):
-        self.label = label
-        self.show = show
-        self.n = 0
-        self.total: Optional[int] = None
-        self._progress = None
-        self._task = None
+    def __init__(self, label: str, url: str, total: Optional[int], show: bool) -> None:
+        self.label, self.total, self.n = label, total, 0
+        self._rich: Any = None
+        self._task: Any = None
+        self._plain = show and not sys.stderr.isatty()
+        self._start = self._last = time.monotonic()
+        if not show:
+            return
+        if self._plain:
+            size = f" ({total / _MiB:.1f} MiB)" if total else ""
+            print(f"c3dfeat: downloading {label} from {url}{size}", file=sys.stderr, flush=True)
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
 
-    def __call__(self, total=None, disable=False, **_):  # torch.hub calls tqdm(total=..., disable=...)
-        self.total = total
-        self.n = 0
-        if self.show and not disable:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                DownloadColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-                TransferSpeedColumn,
-            )
-
-            self._progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-                transient=False,
-            )
-            self._progress.start()
-            self._task = self._progress.add_task(self.label, total=total)
-        return self
+        self._rich = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+        )
+        self._rich.start()
+        self._task = self._rich.add_task(label, total=total)
 
     def update(self, n: int) -> None:
         self.n += n
-        if self._progress is not None:
-            self._progress.update(self._task, advance=n)
+        if self._rich is not None:
+            self._rich.update(self._task, advance=n)
+        elif self._plain:
+            now = time.monotonic()
+            if now - self._last >= PLAIN_PROGRESS_EVERY_S:
+                self._last = now
+                rate = self.n / _MiB / max(now - self._start, 1e-9)
+                of = f" of {self.total / _MiB:.1f}" if self.total else ""
+                pct = f" {100 * self.n // self.total}%," if self.total else ""
+                print(f"c3dfeat: {self.label}:{pct} {self.n / _MiB:.1f}{of} MiB, {rate:.1f} MiB/s",
+                      file=sys.stderr, flush=True)
 
     def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        if self._rich is not None:
+            self._rich.stop()
+            self._rich = None
 
 
 def _fetch(url: str, dst: Path, label: str, progress: bool) -> None:
-    """One attempt: torch.hub download of `url` to `dst` (complete or absent afterwards)."""
-    import torch.hub
-
-    bar = _RichProgress(label, progress)
-    saved_tqdm, saved_timeout = torch.hub.tqdm, socket.getdefaulttimeout()
-    torch.hub.tqdm = bar  # see module docstring
-    socket.setdefaulttimeout(SOCKET_TIMEOUT_S)  # torch.hub's urlopen has no timeout of its own
-    try:
-        torch.hub.download_url_to_file(url, str(dst), hash_prefix=None, progress=True)
-    finally:
-        torch.hub.tqdm = saved_tqdm
-        socket.setdefaulttimeout(saved_timeout)
-        bar.close()
-    if bar.total is not None and bar.n != bar.total:
-        dst.unlink(missing_ok=True)
-        raise _Truncated(f"connection closed after {bar.n} of {bar.total} bytes")
+    """One attempt: stream `url` into `dst` (the caller removes `dst` on any error)."""
+    request = urllib.request.Request(url, headers={"User-Agent": f"c3dfeat/{__version__}"})
+    with urllib.request.urlopen(request, timeout=SOCKET_TIMEOUT_S) as response, open(dst, "wb") as f:
+        length = response.headers.get("Content-Length")
+        total = int(length) if length and length.isdigit() else None
+        bar = _Progress(label, url, total, progress)
+        try:
+            while True:
+                chunk = response.read(_CHUNK)
+                if not chunk:
+                    break
+                f.write(chunk)
+                bar.update(len(chunk))
+        finally:
+            bar.close()
+    if total is not None and bar.n != total:
+        raise _Truncated(f"connection closed after {bar.n} of {total} bytes")
 
 
 def _transient(e: BaseException) -> bool:
@@ -121,9 +130,56 @@ def _transient(e: BaseException) -> bool:
     )
 
 
-def import_command(name: str, ckpt: Checkpoint) -> str:
-    flag = "" if hashing.has_published_hash(ckpt) else " --allow-unverified"
-    return f"c3dfeat weights import FILE --model {name}{flag}"
+def _reason(e: BaseException) -> str:
+    if isinstance(e, urllib.error.HTTPError):
+        return f"HTTP {e.code}"
+    if isinstance(e, urllib.error.URLError):
+        return str(e.reason)
+    return f"{type(e).__name__}: {e}"
+
+
+def _check_format(path: Path, ckpt: Checkpoint, url: str) -> None:
+    """The downloaded bytes have the checkpoint's format (not an error page, not another file)."""
+    from c3dfeat.weights.formats import format_family, detect_format
+
+    try:
+        found = detect_format(path)
+    except WeightsError:
+        found = "unknown"
+    if found != format_family(ckpt.format):
+        raise ChecksumError(f"{url}: the downloaded bytes are not a {ckpt.format} file ({found})")
+
+
+def import_command(name: str) -> str:
+    return f"c3dfeat weights import FILE --model {name}"
+
+
+def refuse_unhashed(name: str, ckpt: Checkpoint) -> WeightsError:
+    return WeightsError(
+        f"{name} ({ckpt.file_name}) has no published SHA-256 and hashes are required "
+        f"(--require-hashes / {policy.ENV_REQUIRE_HASHES}=1); without that requirement it is trusted on "
+        "first use (its digest is recorded and checked on every later load)"
+    )
+
+
+def tofu_line(what: str, name: str, source: str, digest: str, path: Path, recorded: bool) -> str:
+    """The one line printed when a checkpoint with no published hash is trusted on first use."""
+    later = (
+        f"later loads are checked against it ({hashing.record_path(path).name})"
+        if recorded
+        else f"could not record it beside {path}: later loads hash it again"
+    )
+    return f"c3dfeat: first {what} of {name} from {source}, sha256 {digest}; {later}"
+
+
+def offline_message(name: str, ckpt: Checkpoint, tried: Sequence[str]) -> str:
+    """One line: what was tried and the ways to bring the file in."""
+    attempts = "; ".join(tried) if tried else "no URL is known"
+    return (
+        f"cannot download {ckpt.file_name} ({name}): {attempts}. If this machine is offline, set "
+        f"{policy.ENV_WEIGHTS_MIRROR}=URL (or --weights-mirror URL) to a mirror holding {ckpt.file_name}, "
+        f"or fetch it elsewhere and run `{import_command(name)}`"
+    )
 
 
 def download_checkpoint(
@@ -131,68 +187,62 @@ def download_checkpoint(
     ckpt: Checkpoint,
     target_dir: Path,
     *,
-    allow_unverified: bool = False,
+    require_hashes: bool = False,
+    mirror: Optional[str] = None,
     progress: bool = True,
 ) -> hashing.Verification:
-    """Download `ckpt` (mirrors in order) into `target_dir`, verify it, and return its verification.
+    """Download `ckpt` into `target_dir` (mirror first, then its URLs), check it, return the result.
 
-    `name` ("model.tag") is only used in messages. A checkpoint without a published hash needs
-    `allow_unverified`; its digest is then printed on stderr and recorded beside the file.
+    `name` ("model.tag") is only used in messages. Raises WeightsError before any transfer when
+    `require_hashes` and nothing is published; ChecksumError when every URL that answered sent
+    other bytes; WeightsNotFoundError when none answered.
     """
-    if not ckpt.urls:
-        raise WeightsNotFoundError(
-            f"{name} has no download URL; bring the file in with `{import_command(name, ckpt)}`"
-        )
-    if not hashing.has_published_hash(ckpt) and not allow_unverified:
-        raise WeightsError(
-            f"{name} ({ckpt.file_name}) has no published SHA-256, so a download cannot be verified. "
-            "Pass --allow-unverified (allow_unverified=True) to download it and record its digest, "
-            f"or import a copy you trust: `{import_command(name, ckpt)}`"
-        )
+    if require_hashes and not hashing.has_published_hash(ckpt):
+        raise refuse_unhashed(name, ckpt)
+    urls = ([policy.mirror_url(mirror, ckpt.file_name)] if mirror else []) + list(ckpt.urls)
+    if not urls:
+        raise WeightsNotFoundError(offline_message(name, ckpt, []))
     target_dir.mkdir(parents=True, exist_ok=True)
     final = target_dir / ckpt.file_name
+    recorded = hashing.read_record(final)  # a record without its file still pins the bytes
     errors: List[str] = []
-    mismatches = 0
-    for url in ckpt.urls:
-        attempts = 0
+    mismatches: List[str] = []
+    for url in urls:
         for attempt in range(len(RETRY_BACKOFF_S) + 1):
-            attempts += 1
             tmp = target_dir / f".{ckpt.file_name}.{uuid.uuid4().hex}.download"
             try:
                 _fetch(url, tmp, ckpt.file_name, progress)
+                _check_format(tmp, ckpt, url)
                 digest = hashing.sha256_file(tmp)
-                status = hashing.check_digest(ckpt, digest, None, url)
+                status = hashing.check_digest(ckpt, digest, recorded, url)
                 os.replace(tmp, final)
             except ChecksumError as e:
-                mismatches += 1
-                errors.append(str(e))
-                break  # a mirror serving other bytes will not change on retry
-            except Exception as e:  # noqa: BLE001 - classified below
+                mismatches.append(str(e))
+                break  # a server sending other bytes will not change on retry
+            except Exception as e:  # noqa: BLE001 - classified: transient ones are retried
                 if _transient(e) and attempt < len(RETRY_BACKOFF_S):
                     time.sleep(RETRY_BACKOFF_S[attempt])
                     continue
-                tries = f" ({attempts} attempts)" if attempts > 1 else ""
-                errors.append(f"{url}: {type(e).__name__}: {e}{tries}")
+                tries = f", {attempt + 1} attempts" if attempt else ""
+                errors.append(f"{url} ({_reason(e)}{tries})")
                 break
             finally:
                 tmp.unlink(missing_ok=True)
-            try:
-                hashing.write_record(final, digest)
-            except OSError as e:  # read-only shared dir: the file is verified anyway
-                print(f"c3dfeat: could not record the digest beside {final}: {e}", file=sys.stderr)
-            if status == hashing.UNVERIFIED:
-                print(
-                    f"c3dfeat: {name}: no published hash; downloaded {final} has SHA-256 {digest} "
-                    f"(recorded in {hashing.record_path(final).name})",
-                    file=sys.stderr,
-                )
-                status = hashing.VERIFIED_RECORDED
-            return hashing.Verification(final, digest, status)
-    if mismatches == len(ckpt.urls):
-        raise ChecksumError(f"{name}: nothing was kept; " + "; ".join(errors))
-    raise WeightsNotFoundError(
-        f"cannot download {name} ({ckpt.file_name}): " + "; ".join(errors) + ". "
-        f"If this machine is offline, fetch {' or '.join(ckpt.urls)} elsewhere and run "
-        f"`{import_command(name, ckpt)}`, or put the file into {target_dir}"
-    )
+            return _keep(name, url, final, digest, status)
+    if mismatches:
+        raise ChecksumError(f"{name}: refused, nothing was kept: " + "; ".join(mismatches + errors))
+    raise WeightsNotFoundError(offline_message(name, ckpt, errors))
 
+
+def _keep(name: str, url: str, final: Path, digest: str, status: str) -> hashing.Verification:
+    """Record the digest of a file that passed; announce a first download trusted on first use."""
+    try:
+        hashing.write_record(final, digest)
+        recorded = True
+    except OSError as e:  # read-only shared directory: the bytes were checked anyway
+        print(f"c3dfeat: could not record the digest beside {final}: {e}", file=sys.stderr)
+        recorded = False
+    if status == hashing.UNVERIFIED:
+        print(tofu_line("download", name, url, digest, final, recorded), file=sys.stderr, flush=True)
+        status = hashing.VERIFIED_RECORDED if recorded else hashing.UNVERIFIED
+    return hashing.Verification(final, digest, status)

@@ -19,6 +19,11 @@ _LEGACY_TORCH_HEAD = b"\x80\x02\x8a\x0a" + _TORCH_MAGIC.to_bytes(10, "little")
 TORCH = "torch"  # state_dict or pytorchvideo: told apart after loading
 
 
+def format_family(fmt: str) -> str:
+    """What :func:`detect_format` returns for a file of the declared checkpoint format `fmt`."""
+    return TORCH if fmt in ("state_dict", "pytorchvideo") else fmt
+
+
 def detect_format(path: os.PathLike) -> str:
     """"torch", "caffe2_pkl", "caffe_v1", "caffe_v11" or "caffe_mean", from the bytes of `path`."""
     path = Path(path)

@@ -4,8 +4,8 @@ Hash knowledge per checkpoint, strongest first (models.md §0.2, §9: no full di
 torchvision and ig65m publish an 8-hex prefix in the file name):
 * `Checkpoint.sha256`: the full digest must match;
 * `Checkpoint.sha256_prefix`: the digest must start with it;
-* neither: the file is only accepted with `allow_unverified`, and its digest is then recorded in
-  `<file>.sha256` (sha256sum format) so that later loads detect a changed file.
+* neither: the file is trusted on first use (refused with `require_hashes`): its digest is recorded
+  in `<file>.sha256` (sha256sum format) so that later loads detect a changed file.
 A recorded digest is also checked when a published prefix exists (it pins the full digest).
 """
 from __future__ import annotations
@@ -119,7 +119,8 @@ def check_digest(ckpt: Checkpoint, digest: str, recorded: Optional[str], where: 
 def verify_file(path: os.PathLike, ckpt: Checkpoint) -> Verification:
     """Hash `path` and check it against `ckpt` and the record beside it (mismatch → ChecksumError).
 
-    Returns the status; UNVERIFIED is returned, not raised — callers decide (see `allow_unverified`).
+    Returns the status; UNVERIFIED (nothing published, nothing recorded) is returned, not raised:
+    the caller trusts it on first use or refuses it (`require_hashes`).
     """
     path = Path(path)
     digest = sha256_file(path)

@@ -1,4 +1,8 @@
-"""Resolve, verify, convert and load checkpoints into models; the mean cube for C3D."""
+"""Checkpoint files into modules: resolve (find or download), verify, convert, load strictly.
+
+Everything here works on :class:`~c3dfeat.specs.Checkpoint` records, files and modules; the names
+("model.tag") only appear in messages. Resolving names is :mod:`c3dfeat.zoo`'s job.
+"""
 from __future__ import annotations
 
 import os
@@ -7,31 +11,27 @@ import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from c3dfeat.errors import ChecksumError, ConversionError, WeightsError, WeightsNotFoundError
-from c3dfeat.specs import Checkpoint, ModelSpec
+from c3dfeat.specs import Checkpoint
 from c3dfeat.weights import hashing
-from c3dfeat.weights.fetch import download_checkpoint, import_command
-from c3dfeat.weights.formats import TORCH, detect_format, load_torch_state_dict
-from c3dfeat.weights.paths import PathLike, download_dir, find_local_file, search_dirs
+from c3dfeat.weights.fetch import download_checkpoint, offline_message, refuse_unhashed, tofu_line
+from c3dfeat.weights.formats import TORCH, detect_format, format_family, load_torch_state_dict
+from c3dfeat.weights.paths import PathLike, download_dir, find_local_file
 
 StateDict = Dict[str, torch.Tensor]
-
-
-def _family(fmt: str) -> str:
-    return TORCH if fmt in ("state_dict", "pytorchvideo") else fmt
 
 
 def state_dict_from_file(path: PathLike, model: nn.Module, fmt: Optional[str] = None) -> StateDict:
     """`model`'s state_dict read from `path` (format detected from the contents unless given)."""
     path = Path(path)
     detected = detect_format(path)
-    if fmt is not None and _family(fmt) != detected:
+    if fmt is not None and format_family(fmt) != detected:
         raise WeightsError(f"{path} looks like a {detected} file, but its checkpoint is declared as {fmt}")
     if detected == "caffe_mean":
         raise WeightsError(f"{path} is a Caffe mean file, not weights; it is used by the preprocessing")
@@ -72,144 +72,130 @@ def resolve_checkpoint_file(
     name: str,
     ckpt: Checkpoint,
     weights_dir: Optional[PathLike] = None,
-    allow_unverified: bool = False,
+    *,
+    require_hashes: bool = False,
+    mirror: Optional[str] = None,
     download: bool = True,
     progress: bool = True,
 ) -> hashing.Verification:
-    """Find `ckpt` locally (verified) or download it; return the verified path and digest."""
-    local = find_local_file(ckpt, weights_dir)
-    if local is not None:
-        v = hashing.verify_file(local, ckpt)
-        if v.status == hashing.UNVERIFIED and not allow_unverified:
-            raise WeightsError(
-                f"{local} ({name}) has no published hash and no recorded digest, so it cannot be verified. "
-                f"Record it as trusted with `c3dfeat weights import {local} --model {name} --allow-unverified`, "
-                "or pass allow_unverified=True / --allow-unverified"
-            )
-        return v
-    if not download:
-        raise WeightsNotFoundError(_not_found(name, ckpt, weights_dir))
-    return download_checkpoint(
-        name, ckpt, download_dir(weights_dir), allow_unverified=allow_unverified, progress=progress
-    )
+    """Find `ckpt` locally or download it; return the checked path and digest.
 
-
-def _not_found(name: str, ckpt: Checkpoint, weights_dir: Optional[PathLike]) -> str:
-    dirs = ", ".join(str(d) for d in search_dirs(weights_dir))
-    return (
-        f"{ckpt.file_name} ({name}) is not in any weights directory ({dirs}). Download it from "
-        f"{' or '.join(ckpt.urls) or '(no URL known)'} and run `{import_command(name, ckpt)}`"
-    )
-
-
-def load_pretrained(
-    model: nn.Module,
-    spec: ModelSpec,
-    path: Optional[PathLike] = None,
-    weights_dir: Optional[PathLike] = None,
-    allow_unverified: bool = False,
-) -> nn.Module:
-    """Load `spec.checkpoint` (or the file `path`) into `model` with strict=True.
-
-    Without `path`: the checkpoint file is found in the weights directories or downloaded, its
-    SHA-256 verified (see :mod:`c3dfeat.weights.hashing`), converted by its declared format.
-    With `path`: the format is detected from the contents; the file is the caller's choice, so it is
-    hashed for provenance but not checked against the registry. Sets `model.weights_sha256`.
+    A file with a published hash must match it; one without is refused with `require_hashes`,
+    else checked against the digest recorded beside it, or trusted on first use (the digest is
+    recorded and one line printed). `name` ("model.tag") is only used in messages.
     """
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise WeightsNotFoundError(f"weights file {path} does not exist")
-        digest = hashing.sha256_file(path)
-        where = str(path)
-        fmt = None
-    else:
-        ckpt = spec.checkpoint
-        if ckpt is None:
-            raise WeightsError(f"model {spec.name!r} has no published weights; use pretrained=False or a file path")
-        if not ckpt.is_weights:
-            raise WeightsError(f"{spec.full_name} is a {ckpt.format} file, not weights")
-        v = resolve_checkpoint_file(spec.full_name, ckpt, weights_dir, allow_unverified)
-        path, digest, where, fmt = v.path, v.digest, f"{v.path} ({spec.full_name})", ckpt.format
-    sd = state_dict_from_file(path, model, fmt)
-    load_state_dict_strict(model, sd, where)
-    model.weights_sha256 = digest
-    return model
-
-
-def load_mean_cube(
-    spec: ModelSpec, weights_dir: Optional[PathLike] = None, allow_unverified: bool = False
-) -> Optional[np.ndarray]:
-    """The (C, T, H, W) float32 mean cube of `spec` if its mean file is present locally, else None.
-
-    The cube is in the model's channel order (C3D: BGR, like its input) and covers the resized
-    frame (C3D: 3 x 16 x 128 x 171). A present file must verify (mismatch → ChecksumError); one with
-    no recorded digest needs `allow_unverified` or `c3dfeat weights import`.
-    """
-    tag = spec.preprocessing.mean_cube
-    if not tag:
-        return None
-    ckpt = spec.get_checkpoint(tag)
+    if require_hashes and not hashing.has_published_hash(ckpt):
+        raise refuse_unhashed(name, ckpt)
     local = find_local_file(ckpt, weights_dir)
     if local is None:
-        return None
-    name = f"{spec.name}.{tag}"
-    v = hashing.verify_file(local, ckpt)
-    if v.status == hashing.UNVERIFIED and not allow_unverified:
-        raise WeightsError(
-            f"{local} ({name}) has no published hash and no recorded digest. Record it with "
-            f"`c3dfeat weights import {local} --model {name} --allow-unverified` (or delete it to use the "
-            "per-channel mean approximation)"
+        if not download:
+            raise WeightsNotFoundError(offline_message(name, ckpt, ["downloads are off"]))
+        return download_checkpoint(
+            name, ckpt, download_dir(weights_dir), require_hashes=require_hashes, mirror=mirror, progress=progress
         )
+    v = hashing.verify_file(local, ckpt)
+    if v.status != hashing.UNVERIFIED:
+        return v
+    try:  # a file put there by hand, never recorded: trust on first use, like a download
+        hashing.write_record(local, v.digest)
+        recorded = True
+    except OSError:
+        recorded = False
+    print(tofu_line("use", name, str(local), v.digest, local, recorded), file=sys.stderr, flush=True)
+    return hashing.Verification(local, v.digest, hashing.VERIFIED_RECORDED if recorded else hashing.UNVERIFIED)
+
+
+def load_checkpoint(
+    model: nn.Module,
+    name: str,
+    ckpt: Checkpoint,
+    weights_dir: Optional[PathLike] = None,
+    *,
+    require_hashes: bool = False,
+    mirror: Optional[str] = None,
+    progress: bool = True,
+) -> str:
+    """Load checkpoint `ckpt` into `model` (strict) and return the file's SHA-256.
+
+    The file is found or downloaded and checked (:func:`resolve_checkpoint_file`), then converted
+    by its declared format.
+    """
+    if not ckpt.is_weights:
+        raise WeightsError(f"{name} is a {ckpt.format} file, not weights")
+    v = resolve_checkpoint_file(name, ckpt, weights_dir, require_hashes=require_hashes, mirror=mirror,
+                                progress=progress)
+    load_state_dict_strict(model, state_dict_from_file(v.path, model, ckpt.format), f"{v.path} ({name})")
+    return v.digest
+
+
+def load_file(model: nn.Module, path: PathLike) -> str:
+    """Load the weights file `path` (format detected) into `model` (strict); return its SHA-256.
+
+    The file is the caller's choice: it is hashed for the provenance, not checked against any
+    published hash.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsNotFoundError(f"weights file {path} does not exist")
+    digest = hashing.sha256_file(path)
+    load_state_dict_strict(model, state_dict_from_file(path, model), str(path))
+    return digest
+
+
+def load_mean_checkpoint(
+    name: str,
+    ckpt: Checkpoint,
+    shape: Optional[Tuple[int, ...]] = None,
+    weights_dir: Optional[PathLike] = None,
+    *,
+    require_hashes: bool = False,
+    mirror: Optional[str] = None,
+    download: bool = True,
+    progress: bool = True,
+) -> Optional[np.ndarray]:
+    """The (C, T, H, W) float32 cube of the mean file `ckpt`, found or downloaded and checked like
+    weights; None if it is absent and `download` is off. `shape`, if given, must match."""
+    if download or find_local_file(ckpt, weights_dir) is not None:
+        v = resolve_checkpoint_file(name, ckpt, weights_dir, require_hashes=require_hashes, mirror=mirror,
+                                    download=download, progress=progress)
+    else:
+        return None
     from c3dfeat.weights.caffe import read_mean_cube
 
-    cube = read_mean_cube(local)
-    pre = spec.preprocessing
-    if isinstance(pre.resize, tuple):
-        expected = (3, pre.clip_len) + tuple(pre.resize)
-        if cube.shape != expected:
-            raise ConversionError(f"{local}: mean cube has shape {cube.shape}, {spec.name} needs {expected}")
+    cube = read_mean_cube(v.path)
+    if shape is not None and cube.shape != tuple(shape):
+        raise ConversionError(f"{v.path} ({name}): mean cube has shape {cube.shape}, the model needs {tuple(shape)}")
     return cube
 
 
-# ----------------------------------------------------------------------------- import / verify / status
+# ----------------------------------------------------------------------------- import / status / convert
 def import_file(
     src: PathLike,
     name: str,
+    ckpt: Checkpoint,
     weights_dir: Optional[PathLike] = None,
-    allow_unverified: bool = False,
+    *,
+    require_hashes: bool = False,
 ) -> hashing.Verification:
-    """Copy `src` into the weights directory as checkpoint `name` ("model.tag"), verified.
+    """Copy `src` into the weights directory as checkpoint `ckpt` (called `name` in messages).
 
-    The contents must have the checkpoint's format and hash (prefix); without a published hash
-    `allow_unverified` is required and the digest is recorded beside the copy.
+    The contents must have the checkpoint's format and published hash (prefix); without a
+    published hash the copy is trusted (refused with `require_hashes`) and its digest recorded.
     """
-    from c3dfeat.models import get_spec
-
-    spec = get_spec(name)
-    ckpt = spec.checkpoint
-    if ckpt is None:
-        raise WeightsError(f"model {name!r} has no checkpoint to import")
     src = Path(src)
     if not src.is_file():
         raise WeightsNotFoundError(f"{src} does not exist")
-    full = spec.full_name
+    if require_hashes and not hashing.has_published_hash(ckpt):
+        raise refuse_unhashed(name, ckpt)
     detected = detect_format(src)
-    if detected != _family(ckpt.format):
-        raise WeightsError(f"{src} looks like a {detected} file, but {full} is a {ckpt.format} file")
+    if detected != format_family(ckpt.format):
+        raise WeightsError(f"{src} looks like a {detected} file, but {name} is a {ckpt.format} file")
     digest = hashing.sha256_file(src)
     status = hashing.check_digest(ckpt, digest, None, str(src))
-    if status == hashing.UNVERIFIED and not allow_unverified:
-        raise WeightsError(
-            f"{full} has no published hash, so {src} cannot be verified; if you trust this copy, run again "
-            f"with --allow-unverified to record its SHA-256 {digest}"
-        )
     target_dir = download_dir(weights_dir)
     target_dir.mkdir(parents=True, exist_ok=True)
     final = target_dir / ckpt.file_name
-    if final.exists() and os.path.samefile(final, src):
-        pass  # importing in place: only record the digest
-    else:
+    if not (final.exists() and os.path.samefile(final, src)):  # in place: only record the digest
         tmp = target_dir / f".{ckpt.file_name}.{uuid.uuid4().hex}.import"
         try:
             shutil.copyfile(src, tmp)
@@ -220,7 +206,8 @@ def import_file(
             tmp.unlink(missing_ok=True)
     hashing.write_record(final, digest)
     if status == hashing.UNVERIFIED:
-        print(f"c3dfeat: {full}: no published hash; recorded SHA-256 {digest} for {final}", file=sys.stderr)
+        print(f"c3dfeat: {name}: no published hash; recorded SHA-256 {digest} for {final}; "
+              "later loads are checked against it", file=sys.stderr)
         status = hashing.VERIFIED_RECORDED
     return hashing.Verification(final, digest, status)
 
@@ -230,26 +217,13 @@ class CheckpointStatus:
     name: str  # "model.tag"
     checkpoint: Checkpoint
     path: Optional[Path]  # None = not present
-    status: str  # "absent", hashing states, or "MISMATCH: ..."
+    status: str  # "absent", "present" (not hashed), hashing states, or "MISMATCH: ..."
     digest: Optional[str] = None
 
 
-def all_checkpoints(pattern: str = "*") -> List[Tuple[str, Checkpoint]]:
-    """Every known checkpoint (mean files included) as ("model.tag", Checkpoint), sorted."""
-    import fnmatch
-
-    from c3dfeat.models import all_specs
-
-    out = []
-    for spec in all_specs():
-        for c in spec.checkpoints:
-            full = f"{spec.name}.{c.tag}"
-            if fnmatch.fnmatch(full, pattern) or fnmatch.fnmatch(spec.name, pattern):
-                out.append((full, c))
-    return out
-
-
-def checkpoint_status(name: str, ckpt: Checkpoint, weights_dir: Optional[PathLike] = None, hash_files: bool = True) -> CheckpointStatus:
+def checkpoint_status(
+    name: str, ckpt: Checkpoint, weights_dir: Optional[PathLike] = None, hash_files: bool = True
+) -> CheckpointStatus:
     """Whether `ckpt` is present and what its verification says (hashes the file if `hash_files`)."""
     local = find_local_file(ckpt, weights_dir)
     if local is None:
@@ -263,21 +237,14 @@ def checkpoint_status(name: str, ckpt: Checkpoint, weights_dir: Optional[PathLik
     return CheckpointStatus(name, ckpt, local, v.status, v.digest)
 
 
-def statuses(pattern: str = "*", weights_dir: Optional[PathLike] = None, hash_files: bool = True) -> List[CheckpointStatus]:
-    """:func:`checkpoint_status` of every known checkpoint matching `pattern` (for `weights list/verify`)."""
-    return [checkpoint_status(name, c, weights_dir, hash_files) for name, c in all_checkpoints(pattern)]
+def convert_file(src: PathLike, dst: PathLike, build_model: Callable[[Optional[int]], nn.Module]) -> Tuple[str, str]:
+    """Convert `src` (any supported format, detected) and save it to `dst`.
 
-
-def convert_file(src: PathLike, name: str, dst: PathLike) -> Tuple[str, str]:
-    """Convert `src` (any supported format, detected) for model `name` and save it to `dst`.
-
-    Weights become a torch.save state_dict (loadable with `weights_only=True`, checked by loading
-    it into the model with strict=True); a Caffe mean file becomes a `.npy` (C, T, H, W) array.
-    The class count comes from the tag if given, else from the source's classifier.
+    Weights become a torch.save state_dict (loadable with `weights_only=True`), checked by loading
+    it with strict=True into ``build_model(classes)``, where `classes` is the classifier size read
+    from the source (None if unknown); a Caffe mean file becomes a `.npy` (C, T, H, W) array.
     Returns (detected format, SHA-256 of dst).
     """
-    from c3dfeat.models import create_model, split_name
-
     src, dst = Path(src), Path(dst)
     fmt = detect_format(src)
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -291,16 +258,13 @@ def convert_file(src: PathLike, name: str, dst: PathLike) -> Tuple[str, str]:
         else:
             from c3dfeat.weights import convert
 
-            arch, tag = split_name(name)
             if fmt == TORCH:
                 sd = load_torch_state_dict(src)
-                classes = None if tag else _torch_classes(sd)
-                model = create_model(name, num_classes=classes)
+                model = build_model(_torch_classes(sd))
                 sd = _fill_counters(sd, model)
             else:  # parse once: the class count and the tensors come from the same read
                 source = convert.read_source(src, fmt)
-                classes = None if tag else convert.source_num_classes(source, fmt)
-                model = create_model(name, num_classes=classes)
+                model = build_model(convert.source_num_classes(source, fmt))
                 sd = convert.convert_source(source, fmt, model, str(src))
                 del source
             load_state_dict_strict(model, sd, str(src))

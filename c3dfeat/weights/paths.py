@@ -67,27 +67,10 @@ def download_dir(weights_dir: Optional[PathLike] = None) -> Path:
     return env[0] if env else cache_dir()
 
 
-def find_local_file(checkpoint: Union[Checkpoint, str], weights_dir: Optional[PathLike] = None) -> Optional[Path]:
-    """The first existing `checkpoint.file_name` in :func:`search_dirs`, or None.
-
-    `checkpoint` is a :class:`Checkpoint` or a name such as "c3d.sports1m".
-    """
-    ckpt = _as_checkpoint(checkpoint)
+def find_local_file(checkpoint: Checkpoint, weights_dir: Optional[PathLike] = None) -> Optional[Path]:
+    """The first existing `checkpoint.file_name` in :func:`search_dirs`, or None."""
     for d in search_dirs(weights_dir):
-        p = d / ckpt.file_name
+        p = d / checkpoint.file_name
         if p.is_file():
             return p
     return None
-
-
-def _as_checkpoint(checkpoint: Union[Checkpoint, str]) -> Checkpoint:
-    if isinstance(checkpoint, Checkpoint):
-        return checkpoint
-    from c3dfeat.models import get_spec
-
-    spec = get_spec(checkpoint)
-    if spec.checkpoint is None:
-        from c3dfeat.errors import WeightsError
-
-        raise WeightsError(f"model {checkpoint!r} has no published checkpoint")
-    return spec.checkpoint
