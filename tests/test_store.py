@@ -260,3 +260,95 @@ def test_second_writer_on_the_same_file_is_refused(tmp_path):
     assert not (tmp_path / "f.h5.lock").exists()
     with open_writer(p, MODELS, PROV) as w:  # released on close
         assert w.done_ids == ["dir/v1.mp4"]
+
+
+def _merge_video_by_video(paths, out):
+    """The reference: read every video through FeatureFile and append it, in input order."""
+    files = [FeatureFile(p) for p in paths]
+    order = sorted((int(ff.videos()["input_index"][i]), n, i) for n, ff in enumerate(files) for i in range(ff.num_videos))
+    ref = files[0]
+    models = [ref.model_info(k) for k in ref.models]
+    with open_writer(out, models, json.loads(ref.h5.attrs["provenance"]), storage_dtype=ref.storage_dtype) as w:
+        for _, n, i in order:
+            ff = files[n]
+            t = ff.videos()
+            rec = VideoRecord(**{k: (v[i].item() if isinstance(v[i], np.generic) else v[i]) for k, v in t.items()})
+            res = {}
+            for m in models:
+                ci = ff.clip_info(rec.id, m.key)
+                clips = ClipTable(ci["start_frame"], ci["start_time"], ci["padded"], ci.get("frame_indices"))
+                feats = {la.name: ff.clips(rec.id, m.key, la.name) for la in m.layers}
+                means = {la.name: ff.video_matrix(m.key, la.name, status=None)[1][i] for la in m.layers}
+                res[m.key] = ModelResult(clips, feats, means)
+            w.add_video(rec, res)
+    for ff in files:
+        ff.close()
+
+
+@pytest.mark.parametrize("block_bytes", [1, 1 << 20])
+def test_merge_in_slices_equals_video_by_video(tmp_path, block_bytes):
+    two = MODELS + (ModelInfo("n", (LayerInfo("z", 5, (5,)),), clip_len=0),)
+    shards = []
+    for k in range(3):
+        s = tmp_path / f"s{k}.h5"
+        with open_writer(s, two, PROV, storage_dtype="float16") as w:
+            rows = [i for i in range(150) if i % 3 == k]
+            if k == 2:
+                rows = rows[25:] + rows[:25]  # a shard not in input order (e.g. after a retry)
+            for i in rows:
+                rec, res = _video(i, i % 4, status="failed" if i % 17 == 0 else "ok")
+                if res:
+                    n = len(res["m"].clips)
+                    z = (np.arange(n * 5).reshape(n, 5) + i).astype(np.float32)
+                    res["n"] = ModelResult(ClipTable(res["m"].clips.start_frame, res["m"].clips.start_time,
+                                                     res["m"].clips.padded), {"z": z})
+                w.add_video(rec, res)
+        shards.append(s)
+    ref = tmp_path / "ref.h5"
+    _merge_video_by_video(shards, ref)
+    out = merge(shards, tmp_path / "merged.h5", block_bytes=block_bytes)  # 1: blocks of 64 videos
+    _assert_same_datasets(out, ref)
+    with FeatureFile(out) as ff:
+        assert ff.num_videos == 150 and ff.storage_dtype == "float16" and ff.state == "complete"
+        assert list(ff.videos()["input_index"]) == list(range(150))
+        assert not list(tmp_path.glob("*.partial"))
+
+
+def test_retry_failed_rewrites_failed_videos_once(tmp_path):
+    p = tmp_path / "f.h5"
+    with open_writer(p, MODELS, PROV) as w:
+        for i in range(6):
+            w.add_video(*_video(i, 1 + i % 3, status="failed" if i in (1, 4) else "ok"))
+    with open_writer(p, MODELS, PROV) as w:  # a plain resume keeps the failures
+        assert len(w.done_ids) == 6
+    with open_writer(p, MODELS, PROV, retry_failed=True) as w:
+        assert w.done_ids == [f"dir/v{i}.mp4" for i in (0, 2, 3, 5)] and w.num_videos == 4
+        w.add_video(*_video(1, 2))  # the retry succeeds this time
+        w.add_video(*_video(4, 0, status="failed"))  # and this one fails again
+    with FeatureFile(p) as ff:
+        ids = ff.video_ids
+        assert sorted(ids) == [f"dir/v{i}.mp4" for i in range(6)] and len(set(ids)) == 6
+        assert ff.failed == [("dir/v4.mp4", "boom")]
+        for i in (0, 1, 2, 3, 5):
+            expect = _video(i, 2 if i == 1 else 1 + i % 3)[1]["m"]
+            np.testing.assert_array_equal(ff.clips(f"dir/v{i}.mp4", "m", "b"), expect.features["b"])
+            np.testing.assert_array_equal(ff.clip_info(f"dir/v{i}.mp4", "m")["frame_indices"],
+                                          expect.clips.frame_indices)
+        vids, x = ff.video_matrix("m", "a")
+        for v, row in zip(vids, x):
+            np.testing.assert_array_equal(row, ff.clips(v, "m", "a").mean(0))
+        n = ff.num_videos
+        np.testing.assert_array_equal(ff.h5["models/m/clips/video_index"][:],
+                                      np.repeat(np.arange(n), ff.h5["models/m/videos/num_clips"][:n]))
+        assert ff.state == "complete"
+    assert not (tmp_path / "f.h5.retry").exists()
+
+
+def test_run_attribute_engine_is_not_compared_on_resume(tmp_path):
+    p = tmp_path / "f.h5"
+    with open_writer(p, MODELS, PROV, run={"engine": "local", "device": "cpu"}) as w:
+        w.add_video(*_video(0, 1))
+    with open_writer(p, MODELS, PROV, run={"engine": "ray", "device": "cuda:0"}) as w:
+        assert w.done_ids == ["dir/v0.mp4"]
+    with FeatureFile(p) as ff:
+        assert json.loads(ff.provenance["run"])["engine"] == "local"  # the run that created the file
