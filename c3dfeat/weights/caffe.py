@@ -1,6 +1,6 @@
 """Read the original Caffe files without Caffe: C3D-v1.0 and C3D-v1.1 `.caffemodel`, `.binaryproto`.
 
-Parsed with the protobuf runtime (the `caffe` extra) through descriptors built here in code for
+Parsed with the protobuf runtime (a core dependency: the default model is a Caffe file) through descriptors built here in code for
 just the messages needed (models.md §7.2, §7.3; field numbers from facebookarchive/C3D
 `C3D-v1.0/src/caffe/proto/caffe.proto` and `C3D-v1.1/src/caffe/proto/caffe.proto`). Unknown fields
 (solver settings, layer parameters we do not need) are skipped by protobuf.
@@ -36,7 +36,7 @@ def _protobuf():
         from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
     except ImportError:  # pragma: no cover - depends on the environment
         raise WeightsError(
-            "reading Caffe files needs the protobuf package: pip install 'c3dfeat[caffe]'"
+            "reading Caffe files needs the protobuf package, a dependency of c3dfeat: pip install 'protobuf>=4'"
         ) from None
     return descriptor_pb2, descriptor_pool, message_factory
 
