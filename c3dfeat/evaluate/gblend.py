@@ -22,7 +22,7 @@ A head whose held-out loss did not drop (ΔG <= 0) gets weight 0.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -66,11 +66,12 @@ class LateFusion(nn.Module):
 
     def __init__(self, dims: Sequence[int], n_classes: int):
         super().__init__()
-        self.maps = nn.ModuleList(nn.Linear(d, n_classes, bias=False) for d in dims)
+        heads = [nn.Linear(d, n_classes, bias=False) for d in dims]
+        for head in heads:  # start at zero: every head starts at loss log K (O_0 = 0)
+            nn.init.zeros_(head.weight)
+        self.maps = nn.ModuleList(heads)
         self.uni_bias = nn.Parameter(torch.zeros(len(dims), n_classes))
         self.fused_bias = nn.Parameter(torch.zeros(n_classes))
-        for m in self.maps:  # start at zero: every head starts at loss log K (O_0 = 0)
-            nn.init.zeros_(m.weight)
 
     def forward(self, xs: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         """Logits of head 0..M-1 (uni-modal) and head M (fused)."""
@@ -79,7 +80,7 @@ class LateFusion(nn.Module):
         return uni + [torch.stack(parts).sum(0) + self.fused_bias]
 
 
-@dataclass
+@dataclass(frozen=True)
 class FusionConfig:
     epochs: int = 200
     lr: float = 0.05
@@ -88,7 +89,7 @@ class FusionConfig:
     seed: int = 0
 
 
-def _train(xs: List[torch.Tensor], y: torch.Tensor, n_classes: int, weights: Sequence[float],
+def _train(xs: List[torch.Tensor], y: torch.Tensor, n_classes: int, weights: Union[Sequence[float], np.ndarray],
            cfg: FusionConfig, monitor=None) -> LateFusion:
     """Full-batch Adam on sum_i w_i CE(head_i) (the blended loss)."""
     torch.manual_seed(cfg.seed)

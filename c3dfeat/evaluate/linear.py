@@ -92,7 +92,8 @@ class EvalResult:
         return d
 
 
-def select_C(X: np.ndarray, y: np.ndarray, Cs: Sequence[float] = DEFAULT_CS, folds: int = 3,
+def select_C(  # noqa: N802 - C is the SVM cost parameter, named as in scikit-learn
+             X: np.ndarray, y: np.ndarray, Cs: Sequence[float] = DEFAULT_CS, folds: int = 3,
              solver: str = "torch", device: str = "cpu", seed: int = 0,
              early_stop: bool = False, models: Optional[Dict[float, object]] = None,
              tie: float = 0.1) -> tuple[float, Dict[float, float]]:

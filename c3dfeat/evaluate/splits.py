@@ -134,7 +134,7 @@ _HMDB_RE = re.compile(r"^(?P<cls>.+)_test_split(?P<k>\d+)\.txt$")
 def parse_hmdb51(split_dir: str | Path, splits: Optional[Sequence[int]] = None) -> Listing:
     """Parse ``testTrainMulti_7030_splits/`` (``<class>_test_split<k>.txt``: 1 train, 2 test, 0 unused)."""
     d = Path(split_dir)
-    files = defaultdict(dict)  # k -> class -> file
+    files: Dict[int, Dict[str, Path]] = defaultdict(dict)  # k -> class -> file
     if d.is_dir():
         for f in sorted(d.iterdir()):
             m = _HMDB_RE.match(f.name)
@@ -365,7 +365,8 @@ def folder_labels(ids: Sequence[str]) -> List[Optional[str]]:
 
 def build_protocol(ids: Sequence[str], *, dataset: Optional[str] = None,
                    splits_dir: Optional[str | Path] = None, split: Optional[Sequence[int]] = None,
-                   labels_csv: Optional[str | Path] = None, train_list=None, test_list=None,
+                   labels_csv: Optional[str | Path] = None, train_list: Optional[str | Path] = None,
+                   test_list: Optional[str | Path] = None,
                    folds: int = 5, seed: int = 0, allow_missing: bool = False,
                    default_labels: Optional[Sequence[Optional[str]]] = None) -> Protocol:
     """The one entry point: choose the labels/splits source from the arguments given.
@@ -399,8 +400,8 @@ def build_protocol(ids: Sequence[str], *, dataset: Optional[str] = None,
         return kfold_protocol(ids, per_row, folds, seed, f"labels {labels_csv}")
     if train_list is not None or test_list is not None:
         raise EvalError("--train-list/--test-list need --labels CSV")
-    labels = list(default_labels) if default_labels is not None else folder_labels(ids)
-    if not any(lab is not None for lab in labels):
+    row_labels = list(default_labels) if default_labels is not None else folder_labels(ids)
+    if not any(lab is not None for lab in row_labels):
         raise EvalError("no labels: the video ids have no parent folder to take a class from "
                         f"(e.g. {ids[0] if len(ids) else None!r}); " + _HOW_TO_LABEL)
-    return kfold_protocol(ids, labels, folds, seed, "labels from parent folders")
+    return kfold_protocol(ids, row_labels, folds, seed, "labels from parent folders")

@@ -238,9 +238,11 @@ class TorchLinearSVM:
 
     def predict(self, X) -> np.ndarray:
         s = self.decision_function(X)
+        classes = self.classes_
+        assert classes is not None  # set by fit together with coef_ (decision_function checked it)
         if s.shape[1] == 1:
-            return self.classes_[(s[:, 0] > 0).astype(int)]
-        return self.classes_[s.argmax(1)]
+            return classes[(s[:, 0] > 0).astype(int)]
+        return classes[s.argmax(1)]
 
     def objective(self, X, y) -> np.ndarray:
         """Per-problem primal objective at the solution (float64), for comparisons."""

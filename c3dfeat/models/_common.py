@@ -1,5 +1,31 @@
-"""Constants shared by several family files (sources in models.md)."""
+"""What every model is (`FeatureModel`), and constants shared by several family files (sources in models.md)."""
 from __future__ import annotations
+
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from c3dfeat.specs import ModelSpec
+
+
+class FeatureModel(nn.Module):
+    """The type `create_model` returns: a torch module with named feature layers.
+
+    Family models derive from it through `LayerwiseModel`; `create_model` sets `spec` and
+    `weights_sha256` on every instance it builds.
+    """
+
+    #: canonical layer names in forward order (the ModelSpec declares the same list)
+    layer_names: Tuple[str, ...] = ()
+    #: the resolved record this instance was built from (set by `create_model`)
+    spec: ModelSpec
+    #: SHA-256 of the loaded weights file; None means random initialisation
+    weights_sha256: Optional[str] = None
+
+    def forward_layers(self, x: torch.Tensor, layers: Sequence[str]) -> Dict[str, torch.Tensor]:
+        """Canonical layers in `layers` from one forward pass of `x` (N, C, T, H, W)."""
+        raise NotImplementedError
 
 # Kinetics RGB normalisation on [0, 1] (torchvision `_presets.VideoClassification`); Caffe2 VMZ's
 # 0-255 values (110.201, 100.64, 95.9966) / (58.1489, 56.4701, 55.3324) divided by 255 agree to

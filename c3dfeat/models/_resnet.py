@@ -18,7 +18,7 @@ builder with a few switches reproduces every one of them key for key (models.md 
 """
 from __future__ import annotations
 
-from typing import List, Literal, Sequence, Tuple
+from typing import List, Literal, Optional, Sequence, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
@@ -84,7 +84,16 @@ def _mid(kind: ConvKind, rule: MidRule, block_in: int, planes: int, cin: int, co
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, inplanes, planes, kind, rule, stride, downsample, norm):
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        kind: ConvKind,
+        rule: MidRule,
+        stride: int,
+        downsample: Optional[nn.Module],
+        norm: _Norm,
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Sequential(
             make_conv(kind, inplanes, planes, _mid(kind, rule, inplanes, planes, inplanes, planes), stride, norm),
@@ -107,7 +116,16 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, inplanes, planes, kind, rule, stride, downsample, norm):
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        kind: ConvKind,
+        rule: MidRule,
+        stride: int,
+        downsample: Optional[nn.Module],
+        norm: _Norm,
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Sequential(nn.Conv3d(inplanes, planes, 1, bias=False), norm(planes), nn.ReLU(inplace=True))
         self.conv2 = nn.Sequential(
@@ -153,6 +171,11 @@ class VideoResNet(LayerwiseModel):
     """
 
     layer_names = ("res5", "pool5", "logits")
+    # set with add_module in __init__; declared so the type checker knows them
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
 
     def __init__(
         self,
@@ -170,15 +193,15 @@ class VideoResNet(LayerwiseModel):
     ) -> None:
         super().__init__()
         norm = _Norm(bn_eps, bn_momentum)
-        block_cls = BasicBlock if block == "basic" else Bottleneck
+        block_cls: Type[Union[BasicBlock, Bottleneck]] = BasicBlock if block == "basic" else Bottleneck
         self.stem = make_stem(stem, stem_pool, norm)
         inplanes = 64
         for i, (n, kind, planes) in enumerate(zip(layers, convs, (64, 128, 256, 512))):
             stride = 1 if i == 0 else 2
-            blocks = []
+            blocks: List[nn.Module] = []
             for b in range(n):
                 s = stride if b == 0 else 1
-                downsample = None
+                downsample: Optional[nn.Module] = None
                 if b == 0 and (s != 1 or inplanes != planes * block_cls.expansion or project_first):
                     downsample = nn.Sequential(
                         nn.Conv3d(
