@@ -235,7 +235,7 @@ def test_half_stores_float16(tmp_path, lossless):
     extract([lossless], b, ["tiny3d"], random_init=True, device="cpu", half=True)
     fa, fb = FeatureFile(a), FeatureFile(b)
     xa, xb = fa.clips("a.mkv", "tiny3d", "conv"), fb.clips("a.mkv", "tiny3d", "conv")
-    assert xb.dtype == np.float16 and fb.dtype == "float16"
+    assert xb.dtype == np.float16 and fb.storage_dtype == "float16"
     np.testing.assert_array_equal(xb, xa.astype(np.float16))
 
 
