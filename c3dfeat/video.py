@@ -1,7 +1,8 @@
-"""Decode video frames by index: PyAV (default) or decord behind one small reader interface.
+"""Decode video frames by index: PyAV (default), decord or torchcodec behind one small interface.
 
-PyAV is the default because decord's resident memory grows with the length of the video while
-the model runs (docs/extract.md, "Performance"); decord stays available (`--decoder decord`).
+PyAV is the default (fastest at bounded memory here, docs/extract.md "Performance"); decord
+(`--decoder decord`) is bounded by stopping its read-ahead after every request; torchcodec
+(`--decoder torchcodec`, PyTorch's decoder) can decode on a CUDA GPU (NVDEC).
 
 Frames are addressed by their index in presentation order (0 = first decoded frame), never by
 timestamp: container timestamps are unreliable (the UCF101 AVI of the C3D examples has them out
@@ -31,12 +32,14 @@ from c3dfeat.errors import VideoDecodeError
 
 __all__ = ["BACKENDS", "VideoReader", "open_video", "available_backends"]
 
-BACKENDS = ("decord", "pyav")
+BACKENDS = ("decord", "pyav", "torchcodec")
 PathLike = Union[str, os.PathLike]
 
 _INSTALL_HINT = {
     "decord": "pip install decord   (no wheel for macOS arm64 / Linux aarch64: use --decoder pyav)",
     "pyav": "pip install av   (or: pip install 'c3dfeat[pyav]')",
+    "torchcodec": "pip install 'c3dfeat[torchcodec]' and the FFmpeg shared libraries (apt-get install ffmpeg); "
+    "the torchcodec release must match your torch (CPU torch: torchcodec==0.13.0+cpu, see docs/extract.md)",
 }
 
 
@@ -57,6 +60,15 @@ def _import_backend(backend: str):
             raise VideoDecodeError(f"the pyav backend is not installed ({e}); {_INSTALL_HINT['pyav']}") from e
         av.logging.set_level(None)  # None = PyAV does not install ffmpeg's log callback: silent
         return av
+    if backend == "torchcodec":
+        try:
+            from torchcodec import decoders
+        except (ImportError, OSError, RuntimeError) as e:  # OSError: FFmpeg / libtorch_cuda not loadable
+            reason = str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__
+            raise VideoDecodeError(
+                f"the torchcodec backend cannot be loaded ({reason}); {_INSTALL_HINT['torchcodec']}"
+            ) from e
+        return decoders
     raise VideoDecodeError(f"unknown video backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
@@ -236,6 +248,11 @@ class DecordReader(VideoReader):
     def _read(self, indices: List[int]) -> List[np.ndarray]:
         try:
             batch = self._vr.get_batch(indices).asnumpy()
+            # decord's decoder thread keeps decoding ahead of the last request into an unbounded
+            # queue while the consumer (the model) is busy: resident memory grows with the video
+            # length (dmlc/decord#157, #197, #208). A seek stops the read-ahead and drops the
+            # queue; the next request seeks to its own key frame anyway. Measured: docs/extract.md.
+            self._vr.seek(0)
         except Exception as e:
             bad = self._first_bad(indices)
             where = f"frame {bad}" if bad is not None else f"frames {_span(indices)}"
@@ -447,16 +464,93 @@ class PyAVReader(VideoReader):
         self._frames = None
 
 
+class TorchCodecReader(VideoReader):
+    """torchcodec.decoders.VideoDecoder in exact mode (a scan at open indexes every frame by
+    its presentation time, so index i is the i-th frame in presentation order, as for PyAV).
+
+    `device="cuda"` decodes on the GPU (NVDEC) when torchcodec was built with CUDA; frames come
+    back to the host for :meth:`get_frames`, :meth:`get_frames_tensor` keeps them on the device.
+    """
+
+    backend = "torchcodec"
+
+    def __init__(self, path: PathLike, threads: int = 0, device: str = "cpu") -> None:
+        self._threads = threads
+        self._device = device
+        self._dec = None
+        super().__init__(path)
+
+    def _open(self) -> None:
+        decoders = _import_backend("torchcodec")
+        try:
+            self._dec = decoders.VideoDecoder(
+                str(self.path), dimension_order="NHWC", seek_mode="exact", device=self._device,
+                num_ffmpeg_threads=self._threads,  # 0 = FFmpeg picks (all cores); 1 = one
+            )
+            md = self._dec.metadata
+        except Exception as e:
+            raise VideoDecodeError(f"{self.path}: cannot open with torchcodec: {_short(e, self.path)}") from e
+        if md.width is None or md.height is None:
+            raise VideoDecodeError(f"{self.path}: the video stream has no frame size (corrupt header)")
+        self.width, self.height = int(md.width), int(md.height)
+        # A container that declares more frames than it holds is truncated: keep the declared
+        # count so that the missing frames fail loudly (as with PyAV and decord).
+        self.num_frames = max(int(md.num_frames or 0), int(md.num_frames_from_header or 0))
+        fps = md.average_fps_from_header or md.average_fps
+        self.fps = float(fps) if fps else 0.0
+
+    def get_frames_tensor(self, indices: Sequence[int]):
+        """Frames at `indices` as a uint8 (n, H, W, 3) torch tensor on the decoder's device."""
+        if self._closed:
+            raise VideoDecodeError(f"{self.path}: reader is closed")
+        idx = [int(i) for i in indices]
+        for i in idx:
+            if not 0 <= i < self.num_frames:
+                raise VideoDecodeError(
+                    f"{self.path}: frame index {i} is out of range (the video has {self.num_frames} frames)"
+                )
+        return self._decode(idx)
+
+    def _decode(self, indices: List[int]):
+        try:
+            return self._dec.get_frames_at(indices).data
+        except Exception as e:
+            bad = self._first_bad(indices)
+            where = f"frame {bad}" if bad is not None else f"frames {_span(indices)}"
+            reason = _TC_SOURCE.sub("", _short(e, self.path))
+            raise VideoDecodeError(f"{self.path}: decoding {where} failed (torchcodec): {reason}") from e
+
+    def _first_bad(self, indices: List[int]) -> Optional[int]:
+        """After a failed batch: the first index that does not decode (failure path only)."""
+        for i in indices:
+            try:
+                self._dec.get_frame_at(i)
+            except Exception:
+                return i
+        return None
+
+    def _read(self, indices: List[int]) -> List[np.ndarray]:
+        return list(self._decode(indices).cpu().numpy())
+
+    def _close(self) -> None:
+        self._dec = None
+
+
 class _LostTrack(Exception):
     """A decoded frame's timestamp does not give the expected index (PyAV seeking)."""
 
 
-def open_video(path: PathLike, backend: str = "pyav", threads: int = 0) -> VideoReader:
-    """Open `path` with `backend` ("decord" or "pyav"); `threads` = decoder threads (0 = auto)."""
+def open_video(path: PathLike, backend: str = "pyav", threads: int = 0, device: str = "cpu") -> VideoReader:
+    """Open `path` with `backend` (one of BACKENDS); `threads` = decoder threads (0 = auto);
+    `device` = "cuda[:N]" decodes on the GPU (torchcodec only)."""
+    if device != "cpu" and backend != "torchcodec":
+        raise VideoDecodeError(f"decoding on {device} needs backend='torchcodec' ({backend} decodes on the CPU)")
     if backend == "decord":
         return DecordReader(path, threads=threads)
     if backend == "pyav":
         return PyAVReader(path, threads=threads)
+    if backend == "torchcodec":
+        return TorchCodecReader(path, threads=threads, device=device)
     raise VideoDecodeError(f"unknown video backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
@@ -464,6 +558,8 @@ _LOG_PREFIX = re.compile(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ")
 
 
 _ERRNO = re.compile(r"^\[Errno -?\d+\] ")
+# torchcodec prefixes its messages with the C++ function and source location.
+_TC_SOURCE = re.compile(r"^.*?\S+\.cpp:\d+, ")
 
 
 def _short(e: BaseException, path: Optional[Path] = None, limit: int = 300) -> str:

@@ -19,13 +19,13 @@ from c3dfeat.models import (
     LayerSpec,
     ModelSpec,
     Preprocessing,
+    _layout,
     create_model,
     extract_layers,
     get_inference_layout,
     register_model,
     set_inference_layout,
 )
-from c3dfeat.models import _layout
 from c3dfeat.models._layers import LayerwiseModel, Step
 from c3dfeat.models._registry import _REGISTRY
 
@@ -106,7 +106,7 @@ def tiny_lw(monkeypatch):
     if name not in _REGISTRY:
         register_model(ModelSpec(
             name=name, builder=_TinyLW, checkpoints=(),
-            preprocessing=Preprocessing(clip_len=4, stride=2, resize=(32, 32), crop_size=24, scale=1.0 / 255.0),
+            preprocessing=Preprocessing(clip_len=4, stride=2, resize=(32, 32), crop_size=24, divide_by=255.0),
             layers=(LayerSpec("conv", (8, 4, 24, 24)), LayerSpec("pool", (8,))),
             default_layer="pool", input_size=(4, 24, 24), description="test-only"))
     monkeypatch.setitem(_layout.DEFAULT_LAYOUTS["cpu"], name, _layout.CHANNELS_LAST_3D)

