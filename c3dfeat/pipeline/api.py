@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
 import shlex
 import sys
@@ -39,6 +38,9 @@ def _prepare_runtime(device: torch.device, allow_tf32: bool) -> None:
 
     THROUGHPUT: c3dfeat.runtime.configure_allocator() is called from here.
     """
+    from c3dfeat.runtime import configure_allocator
+
+    configure_allocator()  # freed activations stay in the heap: no page churn (C3DFEAT_MALLOC=system: off)
     if device.type == "cuda":
         # fp32 stays exact: TF32 rounds matmul / conv inputs to 10 mantissa bits.
         torch.backends.cuda.matmul.allow_tf32 = allow_tf32
@@ -68,18 +70,10 @@ def resolve_tasks(
 
 def _open_writer(output: PathLike, models: Sequence[PreparedModel], provenance: Dict[str, Any], *,
                  half: bool, retry_failed: bool, **kw: Any) -> Any:
-    """open_writer with the storage dtype and retry_failed, in the names the store accepts."""
-    params = inspect.signature(open_writer).parameters
-    storage = "float16" if half else "float32"
-    if "storage_dtype" in params:
-        kw["storage_dtype"] = storage
-    else:  # the format-1 store (before the vocabulary pass) called it `dtype`
-        kw["dtype"] = storage
-    if retry_failed:
-        if "retry_failed" not in params:
-            raise ConfigError("retry_failed needs a newer c3dfeat.store")
-        kw["retry_failed"] = True
-    return open_writer(output, [m.info for m in models], provenance, **kw)
+    """The run's writer (both engines): storage float16 when `half`, failed videos redone when
+    `retry_failed`; `kw` goes to :func:`c3dfeat.store.open_writer`."""
+    return open_writer(output, [m.info for m in models], provenance, storage_dtype="float16" if half else "float32",
+                       retry_failed=retry_failed, **kw)
 
 
 def extract(

@@ -7,10 +7,9 @@ transform, sampling and provenance.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -122,23 +121,6 @@ def default_batch_size(device: torch.device, model_names: Sequence[str]) -> int:
 
 def _sha256_array(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a, dtype=np.float32).tobytes()).hexdigest()
-
-
-def _weights_kwargs(fn: Callable[..., Any], require_hashes: Optional[bool], weights_mirror: Optional[str]) -> Dict[str, Any]:
-    """Only the options the user set (None: from the environment, in the weights layer).
-
-    Transitional: a weights layer without these keywords gets none, and a set option it cannot
-    honour is refused rather than ignored."""
-    params = inspect.signature(fn).parameters
-    kw: Dict[str, Any] = {}
-    for name, value, unset in (("require_hashes", require_hashes, (None, False)), ("weights_mirror", weights_mirror, (None,))):
-        if value in unset and name not in params:
-            continue
-        if name not in params:
-            raise ConfigError(f"{name}={value!r} is not supported by this version of c3dfeat.weights")
-        if value is not None:
-            kw[name] = value
-    return kw
 
 
 def prepare_model(

@@ -1,0 +1,275 @@
+"""The pipeline's seams: failure policy (bad videos vs bugs), interrupts, progress events, the
+batch runner (padding, buffers, dtype), fps=0 and the engine switch."""
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from c3dfeat.errors import ConfigError, ExtractInterrupted, NoVideosError
+from c3dfeat.models import get_spec, register_model
+from c3dfeat.models._registry import _REGISTRY
+from c3dfeat.pipeline import Progress, extract
+from c3dfeat.pipeline import scheduler as scheduler_module
+from c3dfeat.pipeline.batching import BatchRunner
+from c3dfeat.pipeline.decode import ClipReady, VideoStart, VideoTask, decode_video
+from c3dfeat.pipeline.plan import ModelRequest, prepare_model
+from c3dfeat.store import FeatureFile
+from c3dfeat.transforms import ClipTransform
+from tests._extract_tiny import tiny_models  # noqa: F401  (fixture)
+from tests.synth import make_broken, make_video
+
+pytestmark = pytest.mark.usefixtures("tiny_models")
+pytest.importorskip("av")
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    """a, b: 32x32; c: 40x40 (so a patched transform can pick it out); sorted a < b < c."""
+    d = tmp_path_factory.mktemp("pipe")
+    make_video(d / "a.mp4", 9, size=(32, 32), noise=10)
+    make_video(d / "b.mp4", 7, size=(32, 32), noise=10)
+    make_video(d / "c.mp4", 8, size=(40, 40), noise=10)
+    return d
+
+
+def _run(d, out, **kw):
+    kw = {"random_init": True, "device": "cpu", **kw}
+    return extract([d], out, kw.pop("models", ["tiny3d"]), **kw)
+
+
+# ----------------------------------------------------------------------------- failures vs bugs
+def test_bug_in_transform_stops_the_run_committed_videos_stay(tmp_path, videos, monkeypatch):
+    original = ClipTransform.frames
+
+    def buggy_frames(self, frames):
+        if frames.shape[1] == 40:  # only c.mp4 (40x40), the last video
+            raise RuntimeError("shape bug in our transform")
+        return original(self, frames)
+
+    monkeypatch.setattr(ClipTransform, "frames", buggy_frames)
+    out = tmp_path / "f.h5"
+    # one worker, batch 1: a and b are committed before c's crash reaches the main thread
+    with pytest.raises(RuntimeError, match="shape bug") as e:
+        _run(videos, out, workers=1, batch_size=1)
+    assert "buggy_frames" in "".join(str(tb.name) for tb in e.traceback)  # the worker's traceback
+    with h5py.File(out, "r") as f:  # closed cleanly: plain h5py opens it
+        assert f["committed"][0] == 2
+    with FeatureFile(out) as ff:
+        assert ff.video_ids == ["a.mp4", "b.mp4"] and not ff.failed  # a bug is not a failed video
+    monkeypatch.setattr(ClipTransform, "frames", original)
+    rep = _run(videos, out, workers=1, batch_size=1)  # fixed: the same command resumes
+    assert (rep.skipped, rep.ok) == (2, 1)
+
+
+@pytest.mark.parametrize("error", [ValueError("bad index"), TypeError("wrong type"), KeyError("k")])
+def test_any_non_read_error_propagates(tmp_path, videos, monkeypatch, error):
+    def broken(self, frames):
+        raise error
+
+    monkeypatch.setattr(ClipTransform, "frames", broken)
+    with pytest.raises(type(error)):
+        _run(videos, tmp_path / "f.h5", workers=2)
+
+
+def test_unreadable_videos_are_recorded_and_the_run_goes_on(tmp_path):
+    d = tmp_path / "in"
+    make_video(d / "good.mp4", 9, size=(32, 32))
+    make_broken(d, "truncated")
+    (d / "garbage.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"{d / 'good.mp4'}\n{d / 'garbage.mp4'}\n{d / 'truncated.mp4'}\n{d / 'missing.mp4'}\n")
+    rep = _run(lst, tmp_path / "f.h5")
+    assert rep.ok == 1
+    failed = dict(rep.failed)
+    assert set(failed) == {"in/garbage.mp4", "in/truncated.mp4", "in/missing.mp4"}
+    assert "no such file" in failed["in/missing.mp4"]
+    with FeatureFile(tmp_path / "f.h5") as ff:
+        assert dict(ff.failed) == failed
+
+
+def test_worker_crash_reaches_the_main_thread_even_with_a_full_queue(tmp_path, videos, monkeypatch):
+    """The crash comes after many clips, while the main thread is slow: the queue is full for
+    longer than any timeout would wait, and the error still arrives."""
+    def crashing_decode(task, models, decoder="pyav", threads=1):
+        messages = decode_video(task, models, decoder)
+        start = next(messages)
+        n = len(start.clips[0])
+        # many more clips than the queue holds
+        yield dataclasses.replace(start, clips=[list(c) * 20 for c in start.clips])
+        for msg in messages:
+            if isinstance(msg, ClipReady):
+                for k in range(20):
+                    yield dataclasses.replace(msg, clip=msg.clip + k * n)
+        raise AssertionError("crash after the clips")
+
+    monkeypatch.setattr(scheduler_module, "decode_video", crashing_decode)
+    slow = threading.Event()
+
+    def progress(p: Progress) -> None:
+        slow.wait(0.01)
+
+    with pytest.raises(AssertionError, match="crash after the clips"):
+        _run(videos, tmp_path / "f.h5", workers=1, batch_size=1, progress=progress, max_pending=1)
+
+
+# ----------------------------------------------------------------------------- interrupts, progress
+def test_ctrl_c_closes_the_file_and_reports_what_was_saved(tmp_path, videos):
+    out = tmp_path / "f.h5"
+
+    def interrupt_after_first_commit(p: Progress) -> None:
+        if p.event == "commit":
+            raise KeyboardInterrupt
+
+    with pytest.raises(ExtractInterrupted) as e:
+        _run(videos, out, progress=interrupt_after_first_commit, workers=1)
+    assert e.value.saved == 1 and e.value.report.ok == 1
+    assert "1 videos saved" in str(e.value) and "resume" in str(e.value)
+    with h5py.File(out, "r") as f:
+        assert f["committed"][0] == 1
+    rep = _run(videos, out)
+    assert (rep.skipped, rep.ok) == (1, 2)
+    ref = tmp_path / "ref.h5"
+    _run(videos, ref)
+    with FeatureFile(out) as a, FeatureFile(ref) as b:
+        for vid in b.video_ids:
+            np.testing.assert_array_equal(a.clips(vid, "tiny3d", "conv"), b.clips(vid, "tiny3d", "conv"))
+
+
+def test_progress_events_from_the_first_video_on(tmp_path, videos):
+    events = []
+    caller = threading.get_ident()
+
+    def record(p: Progress) -> None:
+        assert threading.get_ident() == caller  # always from the calling thread
+        events.append(p)
+
+    rep = _run(videos, tmp_path / "f.h5", progress=record, batch_size=2)
+    kinds = [p.event for p in events]
+    assert set(kinds) == {"start", "batch", "commit"}
+    assert kinds.index("start") < kinds.index("batch") < kinds.index("commit")
+    assert kinds.count("start") == 3 and kinds.count("commit") == 3
+    assert kinds.count("batch") >= rep.clips // 2
+    first_batch = events[kinds.index("batch")]
+    assert first_batch.videos_done == 0 and first_batch.clips_done > 0 and first_batch.clips_planned > 0
+    assert all(p.videos_total == 3 for p in events)
+    assert [p.clips_done for p in events] == sorted(p.clips_done for p in events)
+    last = events[-1]
+    assert (last.videos_done, last.clips_done, last.clips_planned, last.failed) == (3, rep.clips, rep.clips, 0)
+    assert last.clips_per_second > 0 and last.current == "c.mp4"
+
+
+def test_failed_video_leaves_clips_planned_consistent(tmp_path):
+    d = tmp_path / "in"
+    make_video(d / "good.mp4", 9, size=(32, 32))
+    make_broken(d, "truncated_faststart")  # opens (clips planned), fails in the middle
+    events = []
+    rep = _run(d, tmp_path / "f.h5", progress=events.append)
+    assert len(rep.failed) == 1
+    last = events[-1]
+    assert (last.videos_done, last.failed) == (2, 1)
+    # the failed video's clips that will never come are no longer planned: the bar ends full
+    assert last.clips_planned == last.clips_done == rep.clips
+    assert max(p.clips_planned for p in events) > rep.clips  # they were planned at first
+
+
+def test_no_video_in_the_inputs(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NoVideosError, match="empty"):
+        _run(tmp_path / "empty", tmp_path / "f.h5")
+    assert not (tmp_path / "f.h5").exists()
+
+
+def test_engine_choice(tmp_path, videos):
+    with pytest.raises(ConfigError, match="engine"):
+        _run(videos, tmp_path / "f.h5", engine="spark")
+    with pytest.raises(ConfigError, match="ray_address"):
+        _run(videos, tmp_path / "f.h5", ray_address="auto")
+
+
+# ----------------------------------------------------------------------------- batching, dtype
+def _clips(n, seed=0, shape=(1, 3, 4, 24, 24)):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(shape, generator=g) for _ in range(n)]
+
+
+def test_batch_runner_full_padded_batches_independent_of_companions():
+    model = prepare_model(ModelRequest("tiny3d", ("conv", "input")), device=CPU, random_init=True)
+    clips = _clips(7)
+    runner = BatchRunner(model, 3, CPU)
+    buffer = runner._buffers[0].data_ptr()
+    results = {}
+    for k, c in enumerate(clips):
+        if runner.add(k, c):
+            results.update(runner.launch().collect())
+    results.update(runner.launch().collect())  # the last, zero-padded batch
+    assert runner.launch() is None and sorted(results) == list(range(7))
+    assert runner._buffers[0].data_ptr() == buffer  # one buffer, reused
+    # the same clip with other companions, at another position: the same bits
+    alone = BatchRunner(model, 3, CPU).compute([clips[6], clips[0]])
+    for layer in ("conv", "input"):
+        np.testing.assert_array_equal(alone[0][layer], results[6][layer])
+        np.testing.assert_array_equal(alone[1][layer], results[0][layer])
+    np.testing.assert_array_equal(results[4]["input"], clips[4].flatten().numpy())
+    # discard drops pending clips of a failed video
+    runner.add(("v", 0), clips[0])
+    runner.add(("w", 0), clips[1])
+    assert runner.discard(lambda key: key[0] == "v") == 1 and runner.keys() == [("w", 0)]
+    with pytest.raises(ValueError, match="shape"):
+        runner.add(("x", 0), torch.zeros(1, 3, 4, 32, 32))
+
+
+def test_bf16_autocast_recorded_and_close_fp32_exact(tmp_path, videos):
+    a, b = tmp_path / "fp32.h5", tmp_path / "bf16.h5"
+    _run(videos, a)
+    rep = _run(videos, b, dtype="bf16")
+    assert rep.dtype == "bf16"
+    with FeatureFile(a) as fa, FeatureFile(b) as fb:
+        assert fa.provenance["dtype"] == "fp32" and fb.provenance["dtype"] == "bf16"
+        x, y = fa.clips("a.mp4", "tiny3d", "conv"), fb.clips("a.mp4", "tiny3d", "conv")
+        assert not np.array_equal(x, y)  # bf16 really ran
+        np.testing.assert_allclose(y, x, rtol=0.05, atol=0.02)
+    model = prepare_model(ModelRequest("tiny3d"), device=CPU, random_init=True)
+    assert next(model.net.parameters()).dtype == torch.float32  # weights are never rounded
+
+
+# ----------------------------------------------------------------------------- sampling options
+@pytest.fixture
+def resampling_model():
+    spec = get_spec("tiny3d")
+    name = "tiny3d_5fps"
+    register_model(dataclasses.replace(spec, name=name,
+                                       preprocessing=dataclasses.replace(spec.preprocessing, fps=5.0)))
+    yield name
+    _REGISTRY.pop(name, None)
+
+
+def test_fps_zero_means_the_native_rate(tmp_path, resampling_model):
+    v = make_video(tmp_path / "v" / "x.mp4", 20, size=(32, 32), fps=20)
+    own, native = tmp_path / "own.h5", tmp_path / "native.h5"
+    _run(v, own, models=[resampling_model])
+    _run(v, native, models=[resampling_model], fps=0)
+    with FeatureFile(own) as fo, FeatureFile(native) as fn:
+        assert fo.provenance["models"][resampling_model]["sampling"]["fps"] == 5.0
+        assert fn.provenance["models"][resampling_model]["sampling"]["fps"] is None
+        # 5 fps: every 4th frame; native: consecutive frames
+        assert list(fo.clip_info("x.mp4", resampling_model)["frame_indices"][0]) == [0, 4, 8, 12]
+        assert list(fn.clip_info("x.mp4", resampling_model)["frame_indices"][0]) == [0, 1, 2, 3]
+
+
+def test_decode_video_is_a_plain_generator(videos):
+    """What the Ray engine calls inside a task: no threads, messages in order."""
+    model = prepare_model(ModelRequest("tiny3d"), device=CPU, random_init=True)
+    msgs = list(decode_video(VideoTask(0, "a.mp4", videos / "a.mp4"), [model]))
+    assert isinstance(msgs[0], VideoStart) and type(msgs[-1]).__name__ == "VideoEnd"
+    clips = [m for m in msgs if isinstance(m, ClipReady)]
+    assert [m.clip for m in clips] == list(range(len(msgs[0].clips[0])))
+    assert all(tuple(m.tensor.shape) == model.clip_shape for m in clips)
+    failed = list(decode_video(VideoTask(1, "nope.mp4", videos / "nope.mp4"), [model]))
+    assert len(failed) == 1 and type(failed[0]).__name__ == "VideoFailed" and "no such file" in failed[0].error
