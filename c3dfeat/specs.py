@@ -24,8 +24,9 @@ CheckpointFormat = Literal[
 class Preprocessing:
     """How raw frames become the network's input, exactly as the checkpoint's own pipeline did it.
 
-    Frames arrive as uint8 RGB (T, H, W, 3). The steps, in order: resize, crop, channel order,
-    scale, subtract `mean` (or the mean cube), divide by `std`.
+    Frames arrive as uint8 RGB (T, H, W, 3). The steps: resize, crop, channel order, divide by
+    `divide_by`, subtract `mean` (or the mean cube), divide by `std` (`resize_input` says
+    whether the division and normalization come before the resize instead).
     """
 
     # --- clip sampling (in frames of the native timeline, or of the `fps` timeline when set)
@@ -42,10 +43,21 @@ class Preprocessing:
     crop_rounding: Literal["floor", "round"] = "floor"
     interpolation: Literal["bilinear"] = "bilinear"
     antialias: bool = False
+    # "torch": F.interpolate's float bilinear; "opencv": cv::resize INTER_LINEAR on the uint8
+    # frame, OpenCV's fixed-point filter reproduced bit for bit (c3dfeat/resize.py): the Caffe models.
+    resize_backend: Literal["torch", "opencv"] = "torch"
+    # What the resize runs on, i.e. where the checkpoint's own pipeline divides and normalizes:
+    # "pixels": 0-255 values, scaling after the crop (OpenCV; torchvision's preset on the uint8 video);
+    # "divided": x / divide_by (ig65m's and VMZ's ToTensor come before their resize);
+    # "normalized": (x / divide_by - mean) / std (pytorchvideo's hub transform normalizes first).
+    resize_input: Literal["pixels", "divided", "normalized"] = "pixels"
+    # Round resized "pixels" to whole uint8 levels (half to even), as a resize of a uint8 image does
+    # (torchvision's F.resize on uint8; OpenCV's output is always uint8).
+    quantize_resize: bool = True
     # --- pixel values
     channel_order: Literal["RGB", "BGR"] = "RGB"
-    scale: float = 1.0 / 255.0  # multiply uint8 by this (1.0 keeps 0-255 units)
-    mean: Tuple[float, float, float] = (0.0, 0.0, 0.0)  # in scaled units, in `channel_order`
+    divide_by: float = 255.0  # x / divide_by, as the references divide (1.0 keeps 0-255 units)
+    mean: Tuple[float, float, float] = (0.0, 0.0, 0.0)  # in divided units, in `channel_order`
     std: Tuple[float, float, float] = (1.0, 1.0, 1.0)
     # Name of a "caffe_mean" checkpoint of the same model whose (C, T, H, W) mean cube replaces
     # `mean` once imported; until then `mean` is the documented per-channel approximation.

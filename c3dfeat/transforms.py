@@ -3,12 +3,14 @@
 `ClipTransform(spec.preprocessing, mean_cube=None, crops="center")` runs, per frame:
 
 1. **resize** — `(H, W)`: exactly that size; `int s`: short side to s, long side
-   ``int(s * long / short)`` (torchvision ``Resize`` rule). Bilinear, ``align_corners=False``,
-   antialias per spec (torchvision's video preset hard-codes ``antialias=False``). The result is
-   rounded to whole uint8 levels, because both reference pipelines resize uint8 images
-   (Caffe/VMZ: OpenCV ``cv::resize`` on uint8; torchvision: ``F.resize`` on the uint8 video) —
-   unless ``quantize_resize=False`` (argument, or a field of that name in the preprocessing):
-   pytorchvideo's and ig65m's own pipelines resize float tensors.
+   ``int(s * long / short)`` (torchvision ``Resize`` rule). Each spec says how its checkpoint's
+   own pipeline resized (docs/sampling.md §4):
+   ``resize_backend="opencv"``: ``cv::resize`` INTER_LINEAR on the uint8 frame, OpenCV's
+   fixed-point filter bit for bit (c3dfeat/resize.py; C3D, Res3D). ``"torch"``: bilinear
+   ``F.interpolate``, ``align_corners=False``, antialias per spec, on what ``resize_input``
+   names — ``"pixels"`` (0-255; rounded to whole uint8 levels when ``quantize_resize``, as
+   torchvision's ``F.resize`` of the uint8 video), ``"divided"`` (``x / divide_by``: ig65m,
+   VMZ) or ``"normalized"`` (``(x / divide_by - mean) / std``: pytorchvideo).
 2. **crop** — ``crop_rounding="floor"``: offsets ``(H-c)//2, (W-c)//2`` (Caffe: 8, 29 for
    128×171 → 112); ``"round"``: torchvision ``center_crop``, ``int(round((H-c)/2))`` (8, 30).
    ``crops=3``: three crops along the long side — start, centre, end — as SlowFast's
@@ -17,8 +19,8 @@
    ``crops=10``: Caffe's ``oversample`` (caffe/python/caffe/io.py): the four corners
    (top-left, top-right, bottom-left, bottom-right), the centre, then the horizontal mirror of
    each of those five crops, in that order.
-3. **channel order** (BGR for the Caffe models), **scale**, **mean**, **std**:
-   ``(x * scale - mean) / std``.
+3. **channel order** (BGR for the Caffe models), **divide_by**, **mean**, **std**:
+   ``(x / divide_by - mean) / std`` (the steps ``resize_input`` did not already do).
 4. **mean cube** (C3D): the (3, T, H, W) cube at the resized size, in the model's channel order
    and scaled units, replaces ``mean``; clip position t subtracts ``cube[:, t]`` cropped at the
    same offsets (and mirrored for mirrored crops). Without the cube, the per-channel
@@ -29,13 +31,14 @@ work); ``clip()`` gathers a clip's frames and applies step 4; ``__call__`` does 
 """
 from __future__ import annotations
 
-from typing import List, Literal, Optional, Sequence, Tuple, Union
+from typing import Any, List, Literal, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from c3dfeat.errors import ConfigError
+from c3dfeat.resize import resize_linear_uint8
 
 __all__ = ["ClipTransform", "resized_size", "crop_offsets"]
 
@@ -98,13 +101,14 @@ class ClipTransform:
             raise ConfigError(f"crops must be 'center', 3 or 10, got {crops!r}")
         self.crops: Crops = crops
         self.crop_size = int(preprocessing.crop_size)
-        if quantize_resize is None:  # the spec's own rule when it has one, else uint8 (see step 1)
-            quantize_resize = getattr(preprocessing, "quantize_resize", True)
+        if quantize_resize is None:  # the spec's own rule (see step 1)
+            quantize_resize = preprocessing.quantize_resize
         self.quantize_resize = bool(quantize_resize)
         if preprocessing.channel_order not in ("RGB", "BGR"):
             raise ConfigError(f"channel_order must be RGB or BGR, got {preprocessing.channel_order!r}")
+        self._check_resize_rule(preprocessing, self.quantize_resize, mean_cube is not None)
         self._bgr = preprocessing.channel_order == "BGR"
-        self._scale = float(preprocessing.scale)
+        self._divide_by = float(preprocessing.divide_by)
         self._std = torch.tensor(preprocessing.std, dtype=torch.float32).view(3, 1, 1, 1)
         self._cube: Optional[torch.Tensor] = None
         if mean_cube is not None:
@@ -130,6 +134,20 @@ class ClipTransform:
             self._mean = torch.tensor(preprocessing.mean, dtype=torch.float32).view(3, 1, 1, 1)
         self._cube_crops: dict = {}  # (H, W) of the resized frame -> (n_crops, 3, T, c, c)
 
+    @staticmethod
+    def _check_resize_rule(pre: Any, quantize: bool, has_cube: bool) -> None:
+        if pre.resize_backend not in ("torch", "opencv"):
+            raise ConfigError(f"resize_backend must be 'torch' or 'opencv', got {pre.resize_backend!r}")
+        if pre.resize_input not in ("pixels", "divided", "normalized"):
+            raise ConfigError(f"resize_input must be pixels, divided or normalized, got {pre.resize_input!r}")
+        if pre.resize_backend == "opencv" and (pre.resize_input != "pixels" or not quantize or pre.antialias):
+            raise ConfigError("the opencv resize works on uint8 pixels: it needs resize_input='pixels', "
+                              "quantize_resize=True and antialias=False")
+        if quantize and pre.resize_input != "pixels":
+            raise ConfigError("quantize_resize rounds 0-255 pixels: it needs resize_input='pixels'")
+        if has_cube and pre.resize_input == "normalized":
+            raise ConfigError("a mean cube is subtracted after the resize: it needs resize_input 'pixels' or 'divided'")
+
     # ------------------------------------------------------------------ info
     @property
     def uses_mean_approximation(self) -> bool:
@@ -154,52 +172,77 @@ class ClipTransform:
     # ------------------------------------------------------------------ steps
     def frames(self, frames: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
         """uint8 (n, H, W, 3) RGB → float32 (n_crops, 3, n, crop, crop): resize, crop, channel
-        order, scale, mean/std, mirror (all per frame)."""
+        order, divide, mean/std, mirror (all per frame)."""
         x = torch.as_tensor(frames)
         if x.ndim != 4 or x.shape[-1] != 3:
             raise ConfigError(f"frames must be (n, H, W, 3) RGB, got shape {tuple(x.shape)}")
         n, h, w, _ = x.shape
-        rh, rw = resized_size(h, w, self.pre.resize)
-        offsets = crop_offsets(rh, rw, self.crop_size, self.crops, self.pre.crop_rounding)
+        pre = self.pre
+        rh, rw = resized_size(h, w, pre.resize)
+        offsets = crop_offsets(rh, rw, self.crop_size, self.crops, pre.crop_rounding)
         c = self.crop_size
         # the bounding box of all crops: later steps only touch these rows/columns
         y0, y1 = min(o[0] for o in offsets), max(o[0] for o in offsets) + c
         x0, x1 = min(o[1] for o in offsets), max(o[1] for o in offsets) + c
-        if (rh, rw) == (h, w):
+        divided = normalized = False  # steps already done before the resize
+        if (rh, rw) == (h, w):  # no resize: every order of the steps gives the same numbers
             img = x[:, y0:y1, x0:x1].permute(3, 0, 1, 2).to(torch.float32)
+        elif pre.resize_backend == "opencv":
+            img = resize_linear_uint8(x, (rh, rw), (y0, y1), (x0, x1)).permute(3, 0, 1, 2).to(torch.float32)
+        elif pre.resize_input == "pixels":
+            img = self._resize_pixels(x, (rh, rw), (y0, y1), (x0, x1))
         else:
-            if (
-                not self.pre.antialias
-                and x.device.type == "cpu"
-                and h * w >= _GATHER_MIN_RATIO * (y1 - y0) * (x1 - x0)
-                and _fast_bilinear_is_exact(h, w, rh, rw)
-            ):
-                # Only the pixels the crops need, gathered from uint8: cost ~ output size, not
-                # input size (a 1280x720 frame is not converted to float). Same result.
-                img = _bilinear_gather(x, (rh, rw), (y0, y1), (x0, x1)).permute(3, 0, 1, 2)
-            else:
-                # channels-last float (one elementwise pass), as torchvision's preset gets it
-                # from the permuted (T, H, W, C) video; both layouts give identical results
-                img = x.permute(0, 3, 1, 2).to(torch.float32)
-                img = F.interpolate(
-                    img, size=(rh, rw), mode="bilinear", align_corners=False, antialias=self.pre.antialias
-                )
-                img = img[:, :, y0:y1, x0:x1].permute(1, 0, 2, 3)
-            if self.quantize_resize:
-                # what uint8 output does in cv::resize / torchvision F.resize: round to whole levels
-                img = img.round_()
-        # img: (3, n, y1-y0, x1-x0) float, RGB, 0-255
-        if self._bgr:
+            # the reference's order: a float (n, 3, H, W) video divided (and normalized) first
+            img = x.permute(0, 3, 1, 2).to(torch.float32).contiguous()
+            if self._bgr:
+                img = img.flip(1)
+            img.div_(self._divide_by)
+            divided = True
+            if pre.resize_input == "normalized":
+                img.sub_(self._mean.view(1, 3, 1, 1).to(img.device)).div_(self._std.view(1, 3, 1, 1).to(img.device))
+                normalized = True
+            img = F.interpolate(img, size=(rh, rw), mode="bilinear", align_corners=False, antialias=pre.antialias)
+            img = img[:, :, y0:y1, x0:x1].permute(1, 0, 2, 3)
+        # img: (3, n, y1-y0, x1-x0) float
+        if self._bgr and not divided:
             img = img.flip(0)
         crops = []
         for top, left, mirrored in offsets:
             part = img[:, :, top - y0 : top - y0 + c, left - x0 : left - x0 + c]
             crops.append(part.flip(-1) if mirrored else part)
         out = torch.stack(crops)  # (n_crops, 3, n, c, c), a new contiguous tensor
-        if self._scale != 1.0:
-            out.mul_(self._scale)
-        out.sub_(self._mean.to(out.device)).div_(self._std.to(out.device))
+        if not divided and self._divide_by != 1.0:
+            out.div_(self._divide_by)  # a division, as the references (x * (1/255) can be 1 ulp off)
+        if not normalized:
+            out.sub_(self._mean.to(out.device)).div_(self._std.to(out.device))
         return out
+
+    def _resize_pixels(
+        self, x: torch.Tensor, size: Tuple[int, int], rows: Tuple[int, int], cols: Tuple[int, int]
+    ) -> torch.Tensor:
+        """Bilinear resize of the 0-255 values → (3, n, rows, cols) float, rounded to uint8 levels
+        when `quantize_resize` (torchvision's F.resize of a uint8 video)."""
+        (rh, rw), (y0, y1), (x0, x1) = size, rows, cols
+        h, w = x.shape[1:3]
+        if (
+            not self.pre.antialias
+            and x.device.type == "cpu"
+            and h * w >= _GATHER_MIN_RATIO * (y1 - y0) * (x1 - x0)
+            and _fast_bilinear_is_exact(h, w, rh, rw)
+        ):
+            # Only the pixels the crops need, gathered from uint8: cost ~ output size, not
+            # input size (a 1280x720 frame is not converted to float). Same result.
+            img = _bilinear_gather(x, (rh, rw), (y0, y1), (x0, x1)).permute(3, 0, 1, 2)
+        else:
+            # channels-last float (one elementwise pass), as torchvision's preset gets it
+            # from the permuted (T, H, W, C) video; both layouts give identical results
+            img = x.permute(0, 3, 1, 2).to(torch.float32)
+            img = F.interpolate(img, size=(rh, rw), mode="bilinear", align_corners=False, antialias=self.pre.antialias)
+            img = img[:, :, y0:y1, x0:x1].permute(1, 0, 2, 3)
+        if self.quantize_resize:
+            # what uint8 output does in torchvision's F.resize: round to whole levels
+            img = img.round_()
+        return img
 
     def clip(self, frames: torch.Tensor, positions: Sequence[int]) -> torch.Tensor:
         """Gather `positions` (indices into dim 2 of a `frames()` output, in clip order) →

@@ -58,7 +58,7 @@ def _spec(name: str, crop: int) -> ModelSpec:
         builder=Tiny3D,
         checkpoints=(),
         preprocessing=Preprocessing(clip_len=4, frame_step=1, stride=2, resize=(32, 32), crop_size=crop,
-                                    scale=1.0 / 255.0),
+                                    divide_by=255.0),
         layers=(
             LayerSpec("input", (3, 4, crop, crop)),
             LayerSpec("pool", (3,)),

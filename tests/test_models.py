@@ -109,7 +109,7 @@ def test_unknown_names_raise_typed_errors():
 def test_preprocessing_facts_per_source():
     """The per-source rules users get wrong (models.md §8), as declared in the specs."""
     c3d, res3d, tv = get_spec("c3d").preprocessing, get_spec("res3d_18").preprocessing, get_spec("r3d_18").preprocessing
-    assert (c3d.channel_order, c3d.scale, c3d.crop_rounding, c3d.resize, c3d.mean_cube) == (
+    assert (c3d.channel_order, c3d.divide_by, c3d.crop_rounding, c3d.resize, c3d.mean_cube) == (
         "BGR", 1.0, "floor", (128, 171), "sports1m_mean")
     assert (res3d.channel_order, res3d.mean, res3d.std, res3d.clip_len, res3d.frame_step) == (
         "BGR", (128.0,) * 3, (1.0,) * 3, 8, 2)

@@ -28,7 +28,7 @@ def coord_frames(n=1, h=128, w=171):
 
 def plain(pre, **kw):
     """`pre` with unit scale, no mean/std: outputs are raw 0-255 pixel values."""
-    return dataclasses.replace(pre, **{"scale": 1.0, "mean": (0.0,) * 3, "std": (1.0,) * 3, "mean_cube": None, **kw})
+    return dataclasses.replace(pre, **{"divide_by": 1.0, "mean": (0.0,) * 3, "std": (1.0,) * 3, "mean_cube": None, **kw})
 
 
 def test_c3d_crop_is_caffe_floor_8_29_and_torchvision_rounds_to_8_30():
@@ -201,7 +201,8 @@ def test_large_frames_gather_path_equals_f_interpolate(hw, rng):
     from c3dfeat import transforms as T
 
     frames = rng.integers(0, 256, size=(2, *hw, 3), dtype=np.uint8)
-    out = ClipTransform(C3D)(frames)  # BGR, minus the per-channel mean
+    # C3D's geometry with the torch resize (C3D itself resizes as OpenCV: tests/test_resize.py)
+    out = ClipTransform(dataclasses.replace(C3D, resize_backend="torch"))(frames)  # BGR, minus the mean
     ref = F.interpolate(torch.from_numpy(frames).permute(0, 3, 1, 2).float(), size=(128, 171),
                         mode="bilinear", align_corners=False).round()[:, :, 8:120, 29:141]
     ref = ref.flip(1) - torch.tensor([B, G, R]).view(1, 3, 1, 1)

@@ -128,10 +128,11 @@ C3D_SPEC = register_model(
             frame_step=1,
             stride=8,  # the paper's video descriptor: 16-frame clips overlapping by 8
             resize=(128, 171),  # cv::resize to 171x128, INTER_LINEAR
+            resize_backend="opencv",  # its fixed-point uint8 filter, bit for bit (c3dfeat/resize.py)
             crop_size=112,
             crop_rounding="floor",  # Caffe: h_off = (128-112)/2 = 8, w_off = (171-112)/2 = 29
             channel_order="BGR",  # OpenCV decodes BGR; conv1's input channels are B, G, R
-            scale=1.0,  # 0-255 units, no std
+            divide_by=1.0,  # 0-255 units, no std
             # Per-channel approximation of the Sports-1M mean cube (B, G, R), used only until the
             # real `sports1m_mean` file is imported (c3d-pytorch #4).
             mean=(90.25, 97.66, 101.41),

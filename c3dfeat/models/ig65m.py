@@ -110,7 +110,10 @@ R2PLUS1D_34_SPEC = register_model(
             crop_size=112,
             crop_rounding="floor",
             channel_order="RGB",
-            scale=1.0 / 255.0,
+            # ig65m/transforms.py: ToTensor (/ 255.) first, then a float resize (no uint8 rounding)
+            resize_input="divided",
+            quantize_resize=False,
+            divide_by=255.0,
             mean=KINETICS_MEAN,
             std=KINETICS_STD,
         ),

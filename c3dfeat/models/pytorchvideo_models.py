@@ -198,7 +198,11 @@ def _pre(clip_len: int, frame_step: int) -> Preprocessing:
         crop_size=256,
         crop_rounding="round",
         channel_order="RGB",
-        scale=1.0 / 255.0,
+        # the hub tutorial's transform: x / 255.0, NormalizeVideo, then ShortSideScale (a float
+        # resize of the normalized video), CenterCropVideo
+        resize_input="normalized",
+        quantize_resize=False,
+        divide_by=255.0,
         mean=(0.45, 0.45, 0.45),
         std=(0.225, 0.225, 0.225),
     )

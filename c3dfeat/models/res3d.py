@@ -56,10 +56,11 @@ RES3D_SPEC = register_model(
             frame_step=2,  # `sampling_rate: 2`: frames t, t+2, ..., t+14 (§2.4)
             stride=8,  # 16-frame span, 50 % overlap as for C3D
             resize=(128, 171),
+            resize_backend="opencv",  # C3D-v1.1's video data layer: cv::resize INTER_LINEAR on uint8
             crop_size=112,
             crop_rounding="floor",  # Caffe: offsets (8, 29)
             channel_order="BGR",
-            scale=1.0,
+            divide_by=1.0,
             mean=(128.0, 128.0, 128.0),  # `mean_value: 128`, no std
         ),
         layers=(

@@ -56,7 +56,9 @@ _PRE = Preprocessing(
     crop_rounding="round",  # torchvision center_crop: columns 30-141 (not Caffe's 29)
     antialias=False,
     channel_order="RGB",
-    scale=1.0 / 255.0,
+    # VideoClassification preset: F.resize on the uint8 video (rounded back to uint8), crop,
+    # convert_image_dtype (x / 255), normalize
+    divide_by=255.0,
     mean=KINETICS_MEAN,
     std=KINETICS_STD,
 )

@@ -99,7 +99,10 @@ _CSN_PRE = Preprocessing(
     crop_size=224,
     crop_rounding="floor",
     channel_order="RGB",
-    scale=1.0 / 255.0,
+    # VMZ pt/vmz/common/transforms.py: ToTensorVideo (/ 255.0) first, then a float resize
+    resize_input="divided",
+    quantize_resize=False,
+    divide_by=255.0,
     mean=KINETICS_MEAN,
     std=KINETICS_STD,
 )
@@ -113,7 +116,10 @@ _R2P1_PRE = Preprocessing(
     crop_size=112,
     crop_rounding="floor",
     channel_order="RGB",
-    scale=1.0 / 255.0,
+    # VMZ pt/vmz/common/transforms.py: ToTensorVideo (/ 255.0) first, then a float resize
+    resize_input="divided",
+    quantize_resize=False,
+    divide_by=255.0,
     mean=KINETICS_MEAN,
     std=KINETICS_STD,
 )

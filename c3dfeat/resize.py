@@ -1,0 +1,101 @@
+"""OpenCV's uint8 bilinear resize, reproduced bit for bit (the Caffe models' input).
+
+C3D and Res3D were fed frames resized by ``cv::resize(src, dst, Size(171, 128), 0, 0,
+INTER_LINEAR)`` on uint8 BGR images. That is a fixed-point filter, not a float bilinear one
+(modules/imgproc/src/resize.cpp, ``resizeGeneric_`` with ``HResizeLinear`` and
+``VResizeLinear``/``VResizeLinearVec_32s8u``):
+
+* source coordinate of output column ``dx``: ``fx = (float)((dx + 0.5) * scale_x - 0.5)`` with
+  ``scale_x = 1 / (dst_w / src_w)`` in double, then ``sx = floor(fx)``, ``fx -= sx`` in float;
+  ``sx < 0`` becomes ``sx = 0, fx = 0`` and ``sx >= src_w - 1`` becomes ``sx = src_w - 1,
+  fx = 0`` (border clamping); rows the same, except that their two source rows are clamped
+  into the image instead of their weights;
+* weights ``round((1 - f) * 2048)`` and ``round(f * 2048)`` as int16
+  (``INTER_RESIZE_COEF_BITS = 11``; ``saturate_cast<short>`` rounds half to even);
+* horizontal pass, exact in int32: ``H = p[sx] * a0 + p[sx + 1] * a1``;
+* vertical pass as the SIMD kernel computes it for every column (the scalar form
+  ``(H0 * b0 + H1 * b1 + 2**21) >> 22`` is the same filter, but this kernel truncates each
+  product first): ``((H0 >> 4) * b0 >> 16) + ((H1 >> 4) * b1 >> 16) + 2 >> 2``, saturated to
+  0..255;
+* an exact 2x reduction in both directions is ``INTER_AREA``'s ``(a + b + c + d + 2) >> 2``,
+  which the formulas above also give (all weights are 1024).
+
+``tests/test_resize.py`` checks the result equals ``cv2.resize`` exactly on random and decoded
+frames of many sizes (up and down). OpenCV 2.4-4.x computed the last few values of each row
+(the remainder after the SIMD loop, at most 15 of the 513 of a 171-pixel BGR row) with the
+scalar form, which can differ from this one by 1 level there.
+
+Only the requested window of the output is computed (the crops), from uint8 gathers.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import numpy as np
+import torch
+
+__all__ = ["opencv_linear_coefficients", "resize_linear_uint8"]
+
+_COEF_BITS = 11  # INTER_RESIZE_COEF_BITS
+_COEF_SCALE = 1 << _COEF_BITS
+
+
+def opencv_linear_coefficients(src: int, dst: int, clamp_weights: bool) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per output index: (first source index, weight of it, weight of the next one), int64 and
+    int32 as OpenCV computes them. `clamp_weights`: the column rule (index and weight clamped at
+    the borders); rows keep the raw index (their two source rows are clamped by the caller)."""
+    scale = 1.0 / (dst / src)  # OpenCV: scale_x = 1. / inv_scale_x, inv_scale_x = (double)dsize/ssize
+    f = ((np.arange(dst, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
+    s = np.floor(f).astype(np.int64)
+    f = f - s.astype(np.float32)  # float32 arithmetic, as `fx -= sx`
+    if clamp_weights:
+        low = s < 0
+        s[low], f[low] = 0, 0
+        high = s >= src - 1
+        s[high], f[high] = src - 1, 0
+    one = np.float32(1)
+    coef = np.float32(_COEF_SCALE)
+    w0 = np.rint((one - f) * coef).astype(np.int32)  # saturate_cast<short>(cbuf[k] * 2048): cvRound
+    w1 = np.rint(f * coef).astype(np.int32)
+    return s, w0, w1
+
+
+def resize_linear_uint8(
+    frames: torch.Tensor,
+    size: Tuple[int, int],
+    rows: Tuple[int, int] | None = None,
+    cols: Tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """uint8 (n, H, W, C) → uint8 (n, rows, cols, C): the window ``rows`` x ``cols`` (output
+    index ranges, default all) of ``cv2.resize(frame, (size[1], size[0]), INTER_LINEAR)`` of each
+    frame, bit for bit (see the module docstring)."""
+    if frames.dtype != torch.uint8 or frames.ndim != 4:
+        raise ValueError(f"frames must be uint8 (n, H, W, C), got {frames.dtype} {tuple(frames.shape)}")
+    n, h, w, c = frames.shape
+    dh, dw = size
+    r0, r1 = rows if rows is not None else (0, dh)
+    c0, c1 = cols if cols is not None else (0, dw)
+    sy, b0, b1 = (a[r0:r1] for a in opencv_linear_coefficients(h, dh, clamp_weights=False))
+    sx, a0, a1 = (a[c0:c1] for a in opencv_linear_coefficients(w, dw, clamp_weights=True))
+    y0 = np.clip(sy, 0, h - 1)
+    y1 = np.clip(sy + 1, 0, h - 1)
+    x1 = np.minimum(sx + 1, w - 1)  # where sx = w - 1 its weight a1 is 0
+
+    # gathers on uint8 (numpy's take is much faster than torch's index_select for this)
+    src = frames.cpu().numpy()
+    a0t = torch.from_numpy(a0).view(1, 1, -1, 1)
+    a1t = torch.from_numpy(a1).view(1, 1, -1, 1)
+
+    def horizontal(source_rows: np.ndarray) -> torch.Tensor:
+        # exact int32: p[sx] * a0 + p[sx + 1] * a1, then the kernel's >> 4
+        band = np.take(src, source_rows, axis=1)
+        left = torch.from_numpy(np.take(band, sx, axis=2)).to(torch.int32).mul_(a0t)
+        right = torch.from_numpy(np.take(band, x1, axis=2)).to(torch.int32).mul_(a1t)
+        return left.add_(right).bitwise_right_shift_(4)
+
+    b0t = torch.from_numpy(b0).view(1, -1, 1, 1)
+    b1t = torch.from_numpy(b1).view(1, -1, 1, 1)
+    top = horizontal(y0).mul_(b0t).bitwise_right_shift_(16)
+    bottom = horizontal(y1).mul_(b1t).bitwise_right_shift_(16)
+    out = top.add_(bottom).add_(2).bitwise_right_shift_(2).clamp_(0, 255).to(torch.uint8)
+    return out.to(frames.device)
