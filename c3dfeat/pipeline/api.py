@@ -41,9 +41,6 @@ def _prepare_runtime(device: torch.device, allow_tf32: bool) -> None:
     from c3dfeat.runtime import configure_allocator
 
     configure_allocator()  # freed activations stay in the heap: no page churn (C3DFEAT_MALLOC=system: off)
-    from c3dfeat.runtime import configure_allocator
-
-    configure_allocator()  # freed activations stay in the heap: no page churn (C3DFEAT_MALLOC=system: off)
     if device.type == "cuda":
         # fp32 stays exact: TF32 rounds matmul / conv inputs to 10 mantissa bits.
         torch.backends.cuda.matmul.allow_tf32 = allow_tf32
