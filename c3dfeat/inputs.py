@@ -37,7 +37,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Tuple, TypeVar, Union
+from typing import Any, Iterable, List, Optional, Sequence, Tuple, TypeVar, Union, cast
 
 from c3dfeat.errors import ConfigError, InputError, NoVideosError
 
@@ -193,7 +193,8 @@ def resolve_inputs(sources: Iterable[PathLike], root: Optional[PathLike] = None)
         names = ", ".join(str(s) for s in sources_seen)
         raise NoVideosError(
             f"no video found in {names}: folders are searched (recursively) for "
-            f"{' '.join(sorted(VIDEO_EXTENSIONS))}; list files ({' '.join(sorted(LIST_EXTENSIONS))}) name videos one per line"
+            f"{' '.join(sorted(VIDEO_EXTENSIONS))}; list files ({' '.join(sorted(LIST_EXTENSIONS))}) "
+            "name videos one per line"
         )
     # Distinct files under one root always get distinct ids; this guards case-folding file systems.
     ids = [v.id for v in out]
@@ -226,7 +227,7 @@ def shard(items: Sequence[T], k: int, n: int) -> List[T]:
         raise ConfigError(f"shard {k}/{n}: K must be between 1 and N")
     out = []
     for it in items:
-        vid = it if isinstance(it, str) else getattr(it, "id")
+        vid = it if isinstance(it, str) else cast(Any, it).id
         if _shard_of(vid, n) == k - 1:
             out.append(it)
     return out

@@ -13,21 +13,19 @@ import c3dfeat
 from c3dfeat.cli import cli
 from c3dfeat.cli.extract_cmd import EXIT_SOME_FAILED, _parse_models
 from c3dfeat.errors import ConfigError, ProvenanceMismatchError
-from c3dfeat.pipeline import ModelRequest, extract
 from c3dfeat.models import create_model, extract_layers, get_spec
+from c3dfeat.pipeline import ModelRequest, extract
 from c3dfeat.sampling import SamplingConfig, sample_clips
 from c3dfeat.store import FeatureFile
 from c3dfeat.transforms import ClipTransform
 from c3dfeat.video import open_video
 from tests import _extract_tiny
 from tests._extract_tiny import tiny_models  # noqa: F401  (fixture)
-
-pytestmark = pytest.mark.usefixtures("tiny_models")
 from tests.synth import frame_index, make_broken, make_video
 from tests.test_store import _assert_same_datasets
 
+pytestmark = pytest.mark.usefixtures("tiny_models")
 pytest.importorskip("av")
-pytest.importorskip("decord")
 
 ID = "tiny3d_id"  # input layer = the 32x32 frames themselves
 
@@ -155,7 +153,8 @@ def test_two_models_one_decode_c3d_exact(tmp_path):
     got = ff.clips("c.mp4", "c3d", "fc6")
     np.testing.assert_array_equal(got, want["fc6"])
     np.testing.assert_allclose(got, single["fc6"].numpy(), rtol=1e-4, atol=1e-5)
-    assert ff.num_clips(ID) == len(sample_clips(28, 25.0, SamplingConfig.from_preprocessing(get_spec(ID).preprocessing)))
+    tiny_cfg = SamplingConfig.from_preprocessing(get_spec(ID).preprocessing)
+    assert ff.num_clips(ID) == len(sample_clips(28, 25.0, tiny_cfg))
     prov = ff.provenance
     assert prov["models"]["c3d"]["random_init"] is True and prov["models"]["c3d"]["weights_sha256"] is None
     assert prov["models"]["c3d"]["sampling"]["clip_len"] == 16

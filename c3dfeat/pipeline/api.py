@@ -12,8 +12,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from c3dfeat.errors import ConfigError, ExtractInterrupted
-from c3dfeat.store import open_writer
-
 from c3dfeat.pipeline.decode import VideoTask
 from c3dfeat.pipeline.plan import (
     COMPUTE_DTYPES,
@@ -25,6 +23,8 @@ from c3dfeat.pipeline.plan import (
 )
 from c3dfeat.pipeline.report import ExtractReport, Progress
 from c3dfeat.pipeline.scheduler import LocalScheduler
+from c3dfeat.store import open_writer
+from c3dfeat.transforms import Crops
 
 __all__ = ["extract", "ENGINES", "resolve_tasks"]
 
@@ -54,10 +54,9 @@ def resolve_tasks(
 ) -> Tuple[List[VideoTask], Optional[Tuple[int, int]]]:
     """The run's videos (sorted by id, after `shard`) as tasks with their input_index; seq is
     the position in this list (renumber after dropping done videos)."""
-    from c3dfeat.inputs import parse_shard, resolve_inputs
-    from c3dfeat.inputs import shard as shard_of
+    from c3dfeat.inputs import parse_shard, resolve_inputs, shard as shard_of
 
-    shard_kn = parse_shard(shard) if isinstance(shard, str) and shard else (tuple(shard) if shard else None)  # type: ignore[arg-type]
+    shard_kn = parse_shard(shard) if isinstance(shard, str) and shard else (tuple(shard) if shard else None)
     videos = resolve_inputs(list(inputs))  # raises NoVideosError when there is none
     # input_index = position in the full sorted input list: merge orders shards by it.
     indexed = list(enumerate(videos))
@@ -72,7 +71,8 @@ def _open_writer(output: PathLike, models: Sequence[PreparedModel], provenance: 
                  half: bool, retry_failed: bool, **kw: Any) -> Any:
     """The run's writer (both engines): storage float16 when `half`, failed videos redone when
     `retry_failed`; `kw` goes to :func:`c3dfeat.store.open_writer`."""
-    return open_writer(output, [m.info for m in models], provenance, storage_dtype="float16" if half else "float32",
+    storage_dtype = "float16" if half else "float32"
+    return open_writer(Path(output), [m.info for m in models], provenance, storage_dtype=storage_dtype,
                        retry_failed=retry_failed, **kw)
 
 
@@ -93,7 +93,7 @@ def extract(
     num_clips: Optional[int] = None,
     fps: Optional[float] = None,
     tail: str = "pad",
-    crops: Union[str, int] = "center",
+    crops: Crops = "center",
     crop_reduce: str = "mean",
     weights: Optional[PathLike] = None,
     weights_dir: Optional[PathLike] = None,
@@ -109,7 +109,7 @@ def extract(
     max_pending: Optional[int] = None,
     engine: str = "local",
     ray_address: Optional[str] = None,
-    crop: Union[None, str, int] = None,
+    crop: Optional[Crops] = None,
 ) -> ExtractReport:
     """Extract features of `inputs` into the HDF5 file `output` (see `c3dfeat extract --help`).
 
@@ -158,7 +158,7 @@ def extract(
         args = dict(locals())
         for name in ("engine", "crop", "extract_ray"):
             args.pop(name, None)
-        return extract_ray(**args)  # type: ignore[no-any-return]
+        return extract_ray(**args)
     if ray_address is not None:
         raise ConfigError("ray_address is only used with engine='ray'")
     t0 = time.monotonic()
@@ -167,7 +167,9 @@ def extract(
     reqs = [ModelRequest.of(m) for m in models]
     if weights is not None:
         if len(reqs) != 1:
-            raise ConfigError("weights=PATH needs exactly one model; set ModelRequest(name, layers, weights=...) per model")
+            raise ConfigError(
+                "weights=PATH needs exactly one model; set ModelRequest(name, layers, weights=...) per model"
+            )
         reqs = [dataclasses.replace(reqs[0], weights=str(weights))]
     if dtype not in COMPUTE_DTYPES:
         raise ConfigError(f"dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {dtype!r}")
@@ -246,5 +248,5 @@ def _failed_before(output: PathLike, tasks: Sequence[VideoTask], report: Extract
 
     mine = {t.id for t in tasks}
     new = {vid for vid, _ in report.failed}
-    with FeatureFile(output) as ff:
+    with FeatureFile(Path(output)) as ff:
         return [(v, e) for v, e in ff.failed if v in mine and v not in new]

@@ -6,11 +6,10 @@ from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from c3dfeat.sampling import Clip
-from c3dfeat.store import ClipTable, ModelResult, VideoRecord
-
 from c3dfeat.pipeline.decode import VideoFailed, VideoStart
 from c3dfeat.pipeline.plan import PreparedModel
+from c3dfeat.sampling import Clip
+from c3dfeat.store import ClipTable, ModelResult, VideoRecord
 
 __all__ = ["VideoAssembler", "ReadyVideo", "clip_table"]
 

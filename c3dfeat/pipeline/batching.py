@@ -16,13 +16,12 @@ into one preallocated buffer. `dtype` "bf16" / "fp16" runs the model under `torc
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Generic, Hashable, List, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, Dict, Generic, Hashable, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 import torch
 
 from c3dfeat.models import extract_layers
-
 from c3dfeat.pipeline.plan import COMPUTE_DTYPES, PreparedModel
 
 __all__ = ["BatchRunner", "LaunchedBatch", "ClipFeatures"]
@@ -107,9 +106,10 @@ class BatchRunner(Generic[K]):
         """Features of up to `batch_size` clips now, bypassing the pending list (Ray actors)."""
         if not 0 < len(clips) <= self.batch_size:
             raise ValueError(f"compute takes 1..{self.batch_size} clips, got {len(clips)}")
-        return [f for _, f in self._forward(list(range(len(clips))), list(clips)).collect()]
+        keys: List[Hashable] = list(range(len(clips)))
+        return [f for _, f in self._forward(keys, list(clips)).collect()]
 
-    def _forward(self, keys: List[K], clips: Sequence[torch.Tensor]) -> LaunchedBatch[K]:
+    def _forward(self, keys: List[Any], clips: Sequence[torch.Tensor]) -> LaunchedBatch[Any]:
         model, b, c = self.model, len(clips), self.model.num_crops
         i = self._next_buffer
         self._next_buffer = (i + 1) % len(self._buffers)

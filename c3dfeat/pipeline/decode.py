@@ -15,15 +15,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Generator, Iterator, List, Optional, Protocol, Sequence, Tuple, Type, Union
 
+import numpy as np
 import torch
 
 from c3dfeat.errors import ConfigError, VideoDecodeError
+from c3dfeat.pipeline.plan import PreparedModel
 from c3dfeat.sampling import Clip, sample_clips
 from c3dfeat.store import VideoRecord
-
-from c3dfeat.pipeline.plan import PreparedModel
 
 __all__ = [
     "DECODE_ERRORS",
@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 # What counts as "this video cannot be read" (recorded as failed; the run goes on).
-DECODE_ERRORS: Tuple[type, ...] = (VideoDecodeError, OSError)
+DECODE_ERRORS: Tuple[Type[BaseException], ...] = (VideoDecodeError, OSError)
 WINDOW_BYTES = 8 << 20  # decoded frames per window: ~8 MiB (8 frames of 720p min, 12 of 640x360)
 TRANSFORM_CHUNK = 8  # frames per ClipTransform.frames call (float32 copies are 4x the uint8)
 
@@ -94,6 +94,15 @@ class VideoFailed:
 DecodeMessage = Union[VideoStart, ClipReady, VideoEnd, VideoFailed]
 
 
+class FrameReader(Protocol):
+    """What stream_clips needs of a video reader (c3dfeat.video.VideoReader has it)."""
+
+    height: int
+    width: int
+
+    def get_frames(self, indices: Sequence[int]) -> np.ndarray: ...  # uint8 (n, H, W, 3) RGB
+
+
 def failure_reason(e: BaseException) -> str:
     """One line for the file's error column."""
     s = str(e) or type(e).__name__
@@ -102,7 +111,7 @@ def failure_reason(e: BaseException) -> str:
 
 def decode_video(
     task: VideoTask, models: Sequence[PreparedModel], decoder: str = "pyav", *, threads: int = 1
-) -> Iterator[DecodeMessage]:
+) -> Generator[DecodeMessage, None, None]:
     """Messages for one video: VideoStart, ClipReady (all models, each model's clips in order),
     then VideoEnd — or VideoFailed at the point reading failed (clips already emitted are then
     worthless). Bugs raise. Closing the generator early closes the video."""
@@ -132,15 +141,14 @@ def decode_video(
 
 
 def stream_clips(
-    reader: object, models: Sequence[PreparedModel], clips: Sequence[List[Clip]]
+    reader: FrameReader, models: Sequence[PreparedModel], clips: Sequence[List[Clip]]
 ) -> Iterator[Tuple[int, int, torch.Tensor]]:
     """(model, clip index, tensor) for every clip, decoding each needed frame once, in windows.
 
-    `reader` has `height`, `width` and `get_frames(indices) -> uint8 (n, H, W, 3)`.
     """
     needed = [{i for c in cl for i in c.indices} for cl in clips]
     union = sorted(set().union(*needed))
-    frame_bytes = max(1, int(getattr(reader, "height")) * int(getattr(reader, "width")) * 3)
+    frame_bytes = max(1, int(reader.height) * int(reader.width) * 3)
     window = int(min(32, max(8, WINDOW_BYTES // frame_bytes)))
     # Per model: transformed frames kept (`caches`, frame index of each in `cache_idx`), next clip.
     caches: List[Optional[torch.Tensor]] = [None] * len(models)
@@ -148,7 +156,7 @@ def stream_clips(
     nxt = [0] * len(models)
     for w0 in range(0, len(union), window):
         idx = union[w0 : w0 + window]
-        frames = getattr(reader, "get_frames")(idx)
+        frames = reader.get_frames(idx)
         last = idx[-1]
         for m, model in enumerate(models):
             sel = [k for k, i in enumerate(idx) if i in needed[m]]

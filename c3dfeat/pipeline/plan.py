@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -17,9 +18,10 @@ import torch
 from c3dfeat import zoo
 from c3dfeat.errors import ConfigError
 from c3dfeat.models import create_model, get_spec
+from c3dfeat.models._layers import LayerwiseModel
 from c3dfeat.sampling import SamplingConfig
 from c3dfeat.store import LayerInfo, ModelInfo
-from c3dfeat.transforms import ClipTransform
+from c3dfeat.transforms import ClipTransform, Crops
 
 __all__ = [
     "RANDOM_INIT_SEED",
@@ -35,7 +37,6 @@ __all__ = [
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
-Crops = Union[str, int]
 
 # Random-init weights are seeded so that a resumed run, every shard and a rerun compute the
 # same (meaningless) features; recorded in the provenance.
@@ -74,7 +75,7 @@ class PreparedModel:
 
     key: str  # the name the user gave: group name in the file
     spec: Any  # the resolved ModelSpec
-    net: torch.nn.Module
+    net: LayerwiseModel
     layers: Tuple[str, ...]  # canonical names, in the user's order
     transform: ClipTransform
     sampling: SamplingConfig
@@ -123,6 +124,10 @@ def _sha256_array(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a, dtype=np.float32).tobytes()).hexdigest()
 
 
+def _path(p: Optional[PathLike]) -> Optional[Path]:
+    return None if p is None else Path(p)
+
+
 def prepare_model(
     req: ModelRequest,
     *,
@@ -147,7 +152,7 @@ def prepare_model(
             torch.manual_seed(RANDOM_INIT_SEED)
             net = create_model(req.name, pretrained=False)
     else:
-        net = zoo.create_model(req.name, pretrained=req.weights or True, weights_dir=weights_dir,
+        net = zoo.create_model(req.name, pretrained=req.weights or True, weights_dir=_path(weights_dir),
                                require_hashes=require_hashes, weights_mirror=weights_mirror)
     spec = net.spec
     requested_order = [spec.layer(n).name for n in (req.layers or (spec.default_layer,))]
@@ -156,8 +161,9 @@ def prepare_model(
     if spec.preprocessing.mean_cube:
         # The mean file comes with the weights (downloaded if needed); a random-init run only
         # uses one already present.
-        mean_cube = zoo.load_mean_cube(spec, weights_dir, require_hashes, weights_mirror, download=not random_init)
-    transform = ClipTransform(spec.preprocessing, mean_cube=mean_cube, crops=crops)
+        mean_cube = zoo.load_mean_cube(spec, _path(weights_dir), require_hashes, weights_mirror,
+                                       download=not random_init)
+    transform = ClipTransform(spec.preprocessing, mean_cube=mean_cube, crops=crops)  # checks the value
     sampling = SamplingConfig.from_preprocessing(spec.preprocessing, **dict(sampling_overrides or {}))
     if mean_cube is not None and sampling.clip_len != spec.preprocessing.clip_len:
         raise ConfigError(

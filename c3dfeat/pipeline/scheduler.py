@@ -20,13 +20,12 @@ commit waits for it, then blocks on the queue: no polling. Every worker ends wit
 """
 from __future__ import annotations
 
+import collections
 import queue
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Deque, List, Optional, Sequence, Tuple
-
-import collections
 
 import torch
 
@@ -69,7 +68,7 @@ class LocalScheduler:
         decoder: str = "pyav",
         batch_size: int = 4,
         workers: int = 2,
-        device: torch.device = torch.device("cpu"),
+        device: Optional[torch.device] = None,
         dtype: str = "fp32",
         max_pending: Optional[int] = None,
         progress: Optional[Callable[[Progress], None]] = None,
@@ -85,7 +84,8 @@ class LocalScheduler:
         self.workers = workers
         self.progress = progress
         self.t0 = time.monotonic() if t0 is None else t0
-        self.runners: List[BatchRunner[ClipKey]] = [BatchRunner(m, batch_size, device, dtype) for m in self.models]
+        dev = device or torch.device("cpu")
+        self.runners: List[BatchRunner[ClipKey]] = [BatchRunner(m, batch_size, dev, dtype) for m in self.models]
         self.assembler = VideoAssembler(self.models, len(self.tasks))
         self.clips_planned = 0
         self._inflight: Deque[Tuple[int, LaunchedBatch[ClipKey]]] = collections.deque()
@@ -113,7 +113,9 @@ class LocalScheduler:
                     if self._unblock_head():
                         continue
                     if self._workers_left == 0:
-                        raise RuntimeError("internal error: decoding ended before every video was committed")
+                        raise RuntimeError(
+                            "internal error: decoding ended before every video was committed"
+                        ) from None
                     msg = self._queue.get()
                 self._handle(msg)
             self._collect(all_batches=True)
@@ -180,7 +182,7 @@ class LocalScheduler:
                     messages.close()  # closes the video at once, also when stopping
         except _Stopped:
             return
-        except BaseException as e:  # a bug: the main thread re-raises it with this traceback
+        except BaseException as e:  # noqa: BLE001 - a bug: the main thread re-raises it, traceback included
             self._queue.put(_WorkerCrash(e))
             return
         self._queue.put(_WorkerDone())
