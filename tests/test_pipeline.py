@@ -272,3 +272,23 @@ def test_decode_video_is_a_plain_generator(videos):
     assert all(tuple(m.tensor.shape) == model.clip_shape for m in clips)
     failed = list(decode_video(VideoTask(1, "nope.mp4", videos / "nope.mp4"), [model]))
     assert len(failed) == 1 and type(failed[0]).__name__ == "VideoFailed" and "no such file" in failed[0].error
+
+
+def test_retry_failed_extracts_only_the_failed_videos_again(tmp_path):
+    d = tmp_path / "in"
+    make_video(d / "a.mp4", 9, size=(32, 32))
+    (d / "b.mp4").write_text("not yet a video")
+    out = tmp_path / "f.h5"
+    rep = _run(d, out)
+    assert rep.ok == 1 and [v for v, _ in rep.failed] == ["b.mp4"]
+    make_video(d / "b.mp4", 7, size=(32, 32))  # the user fixed the file
+    rep = _run(d, out)  # a plain resume keeps it failed
+    assert (rep.ok, rep.skipped, [v for v, _ in rep.failed_before]) == (0, 2, ["b.mp4"])
+    rep = _run(d, out, retry_failed=True)
+    assert (rep.ok, rep.skipped, rep.failed, rep.failed_before) == (1, 1, [], [])
+    ref = tmp_path / "ref.h5"
+    _run(d, ref)
+    with FeatureFile(out) as ff, FeatureFile(ref) as want:
+        assert not ff.failed and sorted(ff.video_ids) == ["a.mp4", "b.mp4"]
+        for vid in want.video_ids:
+            np.testing.assert_array_equal(ff.clips(vid, "tiny3d", "conv"), want.clips(vid, "tiny3d", "conv"))
