@@ -44,5 +44,22 @@ def test_table_shows_every_matching_model():
     assert "c3d " not in out
 
 
-def test_unknown_pattern_gives_empty_list():
-    assert json.loads(_run("--json", "nothing_like_this*")) == []
+def test_unknown_pattern_is_bad_usage():
+    result = CliRunner().invoke(cli, ["models", "--json", "nothing_like_this*"])
+    assert result.exit_code == 2 and "no model matches 'nothing_like_this*'" in result.output
+
+
+def test_facts_cache_is_used_and_invalidated(tmp_path, monkeypatch):
+    """The second run reads params/GFLOPs from the cache; a changed spec recomputes them."""
+    from c3dfeat.cli import models_cmd
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    first = json.loads(_run("--json", "r3d_18"))
+    cache = json.loads(models_cmd.cache_path().read_text())
+    assert cache["r3d_18"]["info"]["params"] == first[0]["params"]
+    cache["r3d_18"]["info"]["params"] = 7  # a marker: served from the cache if the key matches
+    models_cmd.cache_path().write_text(json.dumps(cache))
+    assert json.loads(_run("--json", "r3d_18"))[0]["params"] == 7
+    cache["r3d_18"]["key"] = "stale"
+    models_cmd.cache_path().write_text(json.dumps(cache))
+    assert json.loads(_run("--json", "r3d_18"))[0]["params"] == first[0]["params"]

@@ -41,7 +41,10 @@ def main() -> None:
 
 
 # Command modules register themselves on `cli` (keep this list in sync with the files).
-from c3dfeat.cli import models_cmd  # noqa: E402,F401  (registers `models`)
-from c3dfeat.cli import weights_cmd  # noqa: E402,F401  (registers `weights`)
-from c3dfeat.cli import extract_cmd  # noqa: E402,F401  (registers `extract`, `merge`, `info`)
-from c3dfeat.cli import eval_cmd  # noqa: E402,F401  (registers `linear-eval`, `pca`, `tsne`)
+from c3dfeat.cli import (  # noqa: E402  (they need `cli`, defined above)
+    eval_cmd,  # noqa: F401  (registers `linear-eval`, `pca`, `tsne`)
+    extract_cmd,  # noqa: F401  (registers `extract`)
+    file_cmd,  # noqa: F401  (registers `info`, `merge`, `repair`, `export`)
+    models_cmd,  # noqa: F401  (registers `models`)
+    weights_cmd,  # noqa: F401  (registers `weights`)
+)

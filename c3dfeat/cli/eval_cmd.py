@@ -4,74 +4,42 @@ from __future__ import annotations
 import json
 import math
 import sys
-from typing import Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import click
 
-from c3dfeat.cli import cli
+from c3dfeat.cli import cli, options
+from c3dfeat.cli.options import DEFAULT_FEATS
 
-DEFAULT_FEATS = "feats.h5"
-
-
-def _label_options(f):
-    opts = [
-        click.option("--dataset", type=click.Choice(["ucf101", "hmdb51"]), default=None,
-                     help="Official split lists: ucf101 (ucfTrainTestlist/) or hmdb51 "
-                          "(testTrainMulti_7030_splits/); needs --splits."),
-        click.option("--splits", "splits_dir", type=click.Path(exists=True, file_okay=False),
-                     default=None, help="Folder with the official split lists."),
-        click.option("--split", "split", type=int, multiple=True,
-                     help="Evaluate only these official splits (1-3; repeatable). Default: all found."),
-        click.option("--labels", "labels_csv", type=click.Path(exists=True, dir_okay=False),
-                     default=None, help="CSV of 'video,label' rows (instead of a dataset)."),
-        click.option("--train-list", type=click.Path(exists=True, dir_okay=False), default=None,
-                     help="With --labels: ids of the training videos, one per line."),
-        click.option("--test-list", type=click.Path(exists=True, dir_okay=False), default=None,
-                     help="With --labels: ids of the test videos, one per line."),
-        click.option("--folds", type=click.IntRange(2, None), default=5, show_default=True,
-                     help="Stratified k-fold CV when no split lists are given."),
-        click.option("--allow-missing", is_flag=True,
-                     help="Skip (and report) listed videos that are not in the feature file."),
-        click.option("--seed", type=int, default=0, show_default=True),
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
+_svm_options = options.stack(
+    options.model_in_file,
+    options.layer_in_file,
+    options.norm,
+    click.option("--C", "C", type=click.FloatRange(min=0, min_open=True), default=None,
+                 help="Fix the SVM's C (default: chosen by CV on each training part)."),
+    click.option("--C-grid", "C_grid", default="0.01,0.1,1,10,100,1000", show_default=True,
+                 help="Comma-separated C values tried by the CV."),
+    click.option("--cv-folds", type=click.IntRange(2, None), default=3, show_default=True,
+                 help="Folds of the CV that chooses C (inside the training part)."),
+    click.option("--solver", type=click.Choice(["torch", "liblinear"]), default="torch",
+                 show_default=True, help="torch: vectorised one-vs-rest solver (CPU/GPU); "
+                                         "liblinear: scikit-learn LinearSVC, the reference."),
+    options.device,
+    options.as_json,
+)
+_label_options = options.stack(options.label_source, options.split_choice, options.seed)
 
 
-def _svm_options(f):
-    opts = [
-        click.option("--model", default=None, help="Model key in the file (default: the only one)."),
-        click.option("--layer", default=None, help="Layer (default: the first stored, e.g. fc6)."),
-        click.option("--norm", type=click.Choice(["l2", "none", "power-l2"]), default="l2",
-                     show_default=True, help="Per-video normalisation of the clip-mean descriptor "
-                                             "(l2 = the C3D paper's recipe)."),
-        click.option("--C", "C", type=click.FloatRange(min=0, min_open=True), default=None,
-                     help="Fix the SVM's C (default: chosen by CV on each training part)."),
-        click.option("--C-grid", "C_grid", default="0.01,0.1,1,10,100,1000", show_default=True,
-                     help="Comma-separated C values tried by the CV."),
-        click.option("--cv-folds", type=click.IntRange(2, None), default=3, show_default=True,
-                     help="Folds of the CV that chooses C (inside the training part)."),
-        click.option("--solver", type=click.Choice(["torch", "liblinear"]), default="torch",
-                     show_default=True, help="torch: vectorised one-vs-rest solver (CPU/GPU); "
-                                             "liblinear: scikit-learn LinearSVC, the reference."),
-        click.option("--device", default="cpu", show_default=True, help="torch solver device."),
-        click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
-
-
-def _labels(kw) -> "LabelSource":
+def _labels(kw: Dict[str, Any]) -> Any:
+    """A LabelSource from the label (and, where the command has them, split) options."""
     from c3dfeat.evaluate import LabelSource
 
-    return LabelSource(kw["dataset"], kw["splits_dir"], kw["split"], kw["labels_csv"],
-                       kw["train_list"], kw["test_list"], kw["folds"], kw["seed"],
-                       kw["allow_missing"])
+    return LabelSource(kw["dataset"], kw["splits_dir"], kw.get("split", ()), kw["labels_csv"],
+                       kw.get("train_list"), kw.get("test_list"), kw.get("folds", 5), kw["seed"],
+                       kw.get("allow_missing", False))
 
 
-def _svm(kw) -> "SVMOptions":
+def _svm(kw: Dict[str, Any]) -> Any:
     from c3dfeat.evaluate import SVMOptions
 
     try:
@@ -142,7 +110,7 @@ Examples:
   c3dfeat linear-eval feats.h5 --labels labels.csv --train-list train.txt --test-list test.txt --json
   c3dfeat linear-eval --features rgb.h5:c3d/fc6 --features flow.h5:r2plus1d_18/final_avg --fusion gblend
 """)
-@click.argument("feats", required=False, default=None, type=click.Path(dir_okay=False))
+@options.feats_argument
 @_svm_options
 @_label_options
 @click.option("--features", "feature_specs", multiple=True, metavar="FILE[:MODEL[/LAYER]]",
@@ -199,17 +167,18 @@ def _report(run, as_json: bool, printer) -> None:
 @cli.command("pca", epilog="""\b
 Examples:
   c3dfeat pca --dims 10                                  # feats.h5, parent-folder labels
-  c3dfeat pca feats.h5 --dataset ucf101 --splits ucfTrainTestlist/ --dims 10 --dims 50 --dims 100 --dims 500 --plot pca.png
+  c3dfeat pca feats.h5 --dataset ucf101 --splits ucfTrainTestlist/ \\
+      --dims 10 --dims 50 --dims 100 --dims 500 --plot pca.pdf
   c3dfeat pca feats.h5 --dims 128 -o feats_pca.h5        # reduced features, same schema
 """)
-@click.argument("feats", required=False, default=None, type=click.Path(dir_okay=False))
+@options.feats_argument
 @click.option("--dims", "dims", type=click.IntRange(1, None), multiple=True, required=True,
               help="Target dimensionality (repeat for a sweep).")
 @click.option("-o", "--output", "out", type=click.Path(dir_okay=False), default=None,
               help="Write the reduced features (layers <layer>_pca<d>) to this feature file.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing -o file.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
-              help="Save accuracy vs. dimensions as an image (needs matplotlib).")
+              help="Save accuracy vs. dimensions as a figure: .pdf/.svg (vector), .png (1600 px), ...")
 @_svm_options
 @_label_options
 def pca_command(feats: Optional[str], dims: Sequence[int], out: Optional[str], overwrite: bool,
@@ -243,21 +212,26 @@ def pca_command(feats: Optional[str], dims: Sequence[int], out: Optional[str], o
 @cli.command("tsne", epilog="""\b
 Examples:
   c3dfeat tsne feats.h5 --plot tsne.png
-  c3dfeat tsne feats.h5 --labels labels.csv --plot tsne.png
+  c3dfeat tsne feats.h5 --labels labels.csv --plot tsne.pdf -o tsne.csv
 """)
-@click.argument("feats", required=False, default=None, type=click.Path(dir_okay=False))
-@click.option("--plot", type=click.Path(dir_okay=False), default="tsne.png", show_default=True)
-@click.option("--model", default=None)
-@click.option("--layer", default=None)
-@click.option("--norm", type=click.Choice(["l2", "none", "power-l2"]), default="l2", show_default=True)
-@click.option("--perplexity", type=click.FloatRange(1, None), default=30.0, show_default=True)
-@_label_options
-def tsne_command(feats: Optional[str], plot: str, model: Optional[str], layer: Optional[str],
-                 norm: str, perplexity: float, **kw) -> None:
-    """2-D t-SNE of the video descriptors, coloured by class."""
+@options.feats_argument
+@click.option("--plot", type=click.Path(dir_okay=False), default="tsne.png", show_default=True,
+              help="The figure (.png, .pdf, .svg, ...).")
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False), default=None,
+              help="Also write the 2-D coordinates as CSV (id,label,x,y).")
+@options.model_in_file
+@options.layer_in_file
+@options.norm
+@click.option("--perplexity", type=click.FloatRange(1, None), default=30.0, show_default=True,
+              help="t-SNE perplexity (lowered, with a note, when the file has too few videos).")
+@options.label_source
+@options.seed
+def tsne_command(feats: Optional[str], plot: str, out: Optional[str], model: Optional[str],
+                 layer: Optional[str], norm: str, perplexity: float, **kw: Any) -> None:
+    """2-D t-SNE of the video descriptors, one colour and marker per class."""
     from c3dfeat.evaluate import tsne_features
 
     run = tsne_features(feats or DEFAULT_FEATS, plot, model=model, layer=layer, labels=_labels(kw),
-                        norm=norm, perplexity=perplexity, seed=kw["seed"])
+                        norm=norm, perplexity=perplexity, seed=kw["seed"], out=out)
     for n in run.notes:
-        click.echo(n)
+        _err(n)

@@ -1,11 +1,11 @@
-"""`c3dfeat extract`, `c3dfeat merge`, `c3dfeat info`: thin wrappers over c3dfeat.pipeline / store."""
+"""`c3dfeat extract`: a thin wrapper over c3dfeat.extract, with its progress display and summary."""
 from __future__ import annotations
 
 import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import click
 
@@ -82,25 +82,36 @@ def _parse_models(models: Tuple[str, ...], layers: Tuple[str, ...]) -> List[Tupl
 @click.option("--layers", "layers", multiple=True, metavar="[MODEL:]L1,L2", help="Layers to store (repeatable).")
 @options.device
 @options.dtype
-@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Clips per forward pass (4: same CPU speed as 8 with ~400 MiB less; raise it on a GPU).")
+@click.option("--allow-tf32", is_flag=True, help="Let CUDA fp32 use TF32 (faster, not exact).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Clips per forward pass (default: per device and model; 4 on a CPU).")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Decoding threads.")
 @options.decoder
-@click.option("--clip-len", type=click.IntRange(min=1), default=None, help="Frames per clip (default: the model's).")
-@click.option("--stride", type=click.IntRange(min=1), default=None, help="Frames between clip starts (default: the model's).")
-@click.option("--frame-step", type=click.IntRange(min=1), default=None, help="Step between a clip's frames (default: the model's).")
-@click.option("--num-clips", type=click.IntRange(min=1), default=None, help="N uniformly spaced clips per video instead of a stride.")
+@click.option("--clip-len", type=click.IntRange(min=1), default=None,
+              help="Frames per clip (default: the model's).")
+@click.option("--stride", type=click.IntRange(min=1), default=None,
+              help="Frames between clip starts (default: the model's).")
+@click.option("--frame-step", type=click.IntRange(min=1), default=None,
+              help="Step between a clip's frames (default: the model's).")
+@click.option("--num-clips", type=click.IntRange(min=1), default=None,
+              help="N uniformly spaced clips per video instead of a stride.")
 @options.fps
 @options.tail
 @options.crops
 @options.crop_reduce
-@click.option("--weights", "weights", multiple=True, metavar="[MODEL=]PATH", help="Local checkpoint file instead of the default.")
+@click.option("--weights", "weights", multiple=True, metavar="[MODEL=]PATH",
+              help="Local checkpoint file instead of the default.")
 @options.downloads
-@click.option("--random-init", is_flag=True, help="No pretrained weights (tests, benchmarks): features are MEANINGLESS.")
+@click.option("--random-init", is_flag=True,
+              help="No pretrained weights (tests, benchmarks): features are MEANINGLESS.")
 @click.option("--half", is_flag=True, help="Store float16 features.")
 @click.option("--overwrite", is_flag=True, help="Start over instead of resuming.")
 @click.option("--retry-failed", is_flag=True, help="Resume and extract again the videos recorded as failed.")
 @click.option("--shard", default=None, metavar="K/N", help="Process shard K of N (by a hash of the video id).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process; ray: Ray Data, one machine or a cluster (docs/scale.md).")
+@click.option("--ray-address", metavar="ADDRESS", default=None,
+              help="With --engine ray: the cluster to join (default: a local Ray runtime).")
 @options.quiet
 @options.as_json
 def extract_command(inputs: Tuple[Path, ...], output: Path, models: Tuple[str, ...], layers: Tuple[str, ...],
@@ -131,16 +142,17 @@ def extract_command(inputs: Tuple[Path, ...], output: Path, models: Tuple[str, .
         reqs = [ModelRequest(n, tuple(ls) if ls else None, paths.get(n)) for n, ls in pairs]
         kwargs = dict(kw, crops=crop_mode, progress=display,
                       command_line=" ".join(shlex.quote(a) for a in ["c3dfeat"] + sys.argv[1:]))
-        report = extract(list(inputs), output, reqs, **_accepted(extract, kwargs))
+        report = extract(list(inputs), output, reqs, **kwargs)
     except ExtractInterrupted as e:
         display.close()
         saved = e.saved
-        err.print(f"interrupted: {saved} video{'s' if saved != 1 else ''} saved in {output}; "
-                  "run the same command to resume", markup=False, highlight=False)
+        click.echo(f"interrupted: {saved} video{'s' if saved != 1 else ''} saved in {output}; "
+                   "run the same command to resume", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except KeyboardInterrupt:  # before the output file was opened (loading models, listing inputs)
         display.close()
-        err.print(f"interrupted before any video was saved in {output}", markup=False)
+        click.echo(f"interrupted; the videos committed so far stay in {output}; run the same "
+                   "command to resume", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except BaseException:
         display.close()
@@ -153,22 +165,6 @@ def extract_command(inputs: Tuple[Path, ...], output: Path, models: Tuple[str, .
         _summary(report, err)
     if report.any_failed:
         sys.exit(EXIT_SOME_FAILED)
-
-
-def _accepted(fn: Callable[..., Any], kwargs: Dict[str, Any]) -> Dict[str, Any]:
-    """The keyword arguments `fn` takes. Transitional, until the pipeline has every keyword of
-    contract 2 (crops, require_hashes, weights_mirror, retry_failed): an older pipeline gets
-    `crop=` and refuses an option it cannot honour instead of silently ignoring it."""
-    import inspect
-
-    params = inspect.signature(fn).parameters
-    out = {k: v for k, v in kwargs.items() if k in params}
-    if "crops" not in params and "crop" in params:
-        out["crop"] = kwargs["crops"]
-    for key, unset in (("require_hashes", False), ("weights_mirror", None), ("retry_failed", False)):
-        if key not in params and kwargs.get(key, unset) != unset:
-            raise UsageError(f"--{key.replace('_', '-')} is not supported by this version of the pipeline")
-    return out
 
 
 def report_dict(report: Any) -> Dict[str, Any]:
@@ -226,56 +222,3 @@ def _notes(report: Any, err: Any) -> None:
                   "(kept as failed; --retry-failed extracts them again):[/red]")
         for vid, reason in report.failed_before:
             err.print(f"  {vid}: {reason}", markup=False)
-
-
-@cli.command("merge")
-@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
-def merge_command(files, output, overwrite) -> None:
-    """Join shard files (same settings) into one, ordered like a single run."""
-    from c3dfeat.store import FeatureFile, merge
-
-    merge(list(files), output, overwrite=overwrite)
-    with FeatureFile(output) as ff:
-        click.echo(f"merged {len(files)} files → {output}: {ff.num_videos} videos, {len(ff.failed)} failed")
-
-
-@cli.command("info")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--failures", "max_failures", type=int, default=20, show_default=True, help="Failed videos to list.")
-def info_command(file, as_json, max_failures) -> None:
-    """Provenance, counts, layers and failures of a feature file."""
-    from c3dfeat.store import file_summary
-
-    s = file_summary(file)
-    if as_json:
-        click.echo(json.dumps(s, indent=2, sort_keys=True))
-        return
-    out, err = _console(stderr=False), _console(stderr=True)
-    if s["random_init"]:
-        msg = f"[bold red]{s['warning']}[/bold red]"
-        out.print(msg)
-        err.print(msg)
-    out.print(f"[bold]{file}[/bold]  (c3dfeat {s['c3dfeat_version']}, {s['dtype']})")
-    out.print(f"videos: {s['videos']} ({s['ok']} ok, {s['failed']} failed)")
-    out.print(f"created: {s['created_utc']}  command: {s['command_line']}", markup=False)
-    if s["shard"]:
-        out.print(f"shard: {s['shard']}")
-    for key, m in s["models"].items():
-        ck = "RANDOM INIT" if m.get("random_init") else f"{m.get('checkpoint')} sha256={m.get('weights_sha256')}"
-        out.print(f"model [bold]{key}[/bold]: {ck}; {m['clips']} clips", markup=True)
-        samp = m.get("sampling", {})
-        out.print(f"  sampling: {json.dumps(samp, sort_keys=True)}", markup=False)
-        out.print(f"  crops: {m.get('crops')} ({m.get('crop_reduce')}); mean cube: "
-                  f"{m.get('mean_cube_sha256') or 'not used'}", markup=False)
-        for layer in m["layers"]:
-            crops = f" x {layer['crops']} crops" if layer["crops"] else ""
-            out.print(f"  layer {layer['name']}: dim {layer['dim']}{crops} (per clip {tuple(layer['shape'])})", markup=False)
-    if s["failures"]:
-        out.print(f"[red]failed videos ({s['failed']}):[/red]")
-        for vid, reason in s["failures"][:max_failures]:
-            out.print(f"  {vid}: {reason}", markup=False)
-        if s["failed"] > max_failures:
-            out.print(f"  ... {s['failed'] - max_failures} more (--failures N)")

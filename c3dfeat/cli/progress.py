@@ -52,10 +52,12 @@ class Tracker:
     def __init__(self) -> None:
         self.started = 0  # videos whose clips were planned in this run ("start" events)
         self.committed = 0  # "commit" events
+        self.events = 0
         self.last = Snapshot()
 
     def update(self, p: Any) -> Snapshot:
-        event = getattr(p, "event", "commit")
+        event = p.event
+        self.events += 1
         if event == "start":
             self.started += 1
         elif event == "commit":
@@ -74,9 +76,6 @@ class Tracker:
 
 
 def _snapshot(p: Any) -> Snapshot:
-    if not hasattr(p, "videos_done"):  # the per-commit Progress of pipelines before contract 3
-        rate = p.clips / p.elapsed if p.elapsed > 0 else 0.0
-        return Snapshot(p.done, p.total, p.failed, p.clips, p.clips, p.elapsed, p.last_id, rate)
     return Snapshot(p.videos_done, p.videos_total, p.failed, p.clips_done, p.clips_planned,
                     p.elapsed, p.current, float(p.clips_per_second))
 
@@ -103,7 +102,7 @@ class LineDisplay:
         print(s.line(), file=self.stream, flush=True)
 
     def close(self) -> None:
-        if self.tracker.started or self.tracker.committed:
+        if self.tracker.events:
             self._write(self.tracker.last)
 
 
@@ -122,7 +121,7 @@ class LiveDisplay:
         self.live.start()
 
     def _renderable(self) -> Any:
-        return self._render(self.tracker.last if (self.tracker.started or self.tracker.committed) else None)
+        return self._render(self.tracker.last if self.tracker.events else None)
 
     def _render(self, s: Optional[Snapshot]) -> Any:
         from rich.progress_bar import ProgressBar

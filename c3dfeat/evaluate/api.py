@@ -8,13 +8,13 @@ from typing import Optional, Sequence
 import numpy as np
 
 from c3dfeat.errors import EvalError
-from c3dfeat.evaluate.features import (VideoFeatures, align, load_features, parse_feature_spec,
-                                       stored_or_folder_labels)
+from c3dfeat.evaluate.features import VideoFeatures, align, load_features, parse_feature_spec, stored_or_folder_labels
 from c3dfeat.evaluate.gblend import FusionConfig, FusionResult, fusion_eval
 from c3dfeat.evaluate.linear import DEFAULT_CS, EvalResult, linear_eval
 from c3dfeat.evaluate.pca import PCASweep, pca_sweep, plot_sweep, reduce_features
+from c3dfeat.evaluate.plots import check_plot_path, write_coordinates
 from c3dfeat.evaluate.splits import Protocol, build_protocol
-from c3dfeat.evaluate.tsne import plot_embedding, tsne_embedding
+from c3dfeat.evaluate.tsne import effective_perplexity, plot_embedding, tsne_embedding
 
 
 @dataclass
@@ -50,7 +50,7 @@ class SVMOptions:
     Cs: Sequence[float] = DEFAULT_CS
     cv_folds: int = 3
     solver: str = "torch"
-    device: str = "cpu"
+    device: str = "auto"
     seed: int = 0
 
     def kwargs(self) -> dict:
@@ -73,21 +73,22 @@ def _load(spec: str, model: Optional[str], layer: Optional[str]) -> VideoFeature
     return load_features(path, model or m, layer or lay)
 
 
-def _notes(feats: VideoFeatures, protocol: Protocol) -> list:
+def _notes(feats: VideoFeatures, protocol: Optional[Protocol]) -> list:
     notes = []
     if feats.random_init:
         notes.append(f"{feats.path}: features come from a RANDOMLY INITIALISED model "
                      "(no pretrained weights); accuracies are not the paper's")
-    for name, miss in protocol.missing.items():
+    for name, miss in (protocol.missing.items() if protocol is not None else ()):
         notes.append(f"{name}: skipped {len(miss)} listed videos not in the feature file "
                      f"(e.g. {miss[:3]})")
     return notes
 
 
 def evaluate_features(feats: str = "feats.h5", *, model: Optional[str] = None,
-                      layer: Optional[str] = None, labels: LabelSource = LabelSource(),
-                      svm: SVMOptions = SVMOptions(), on_split=None) -> Run:
+                      layer: Optional[str] = None, labels: Optional[LabelSource] = None,
+                      svm: Optional[SVMOptions] = None, on_split=None) -> Run:
     """``c3dfeat linear-eval``: the linear-SVM protocol on one feature file."""
+    labels, svm = labels or LabelSource(), svm or SVMOptions()
     f = _load(feats, model, layer)
     protocol = labels.protocol(f)
     res: EvalResult = linear_eval(f.X, protocol, on_split=on_split, **svm.kwargs())
@@ -97,7 +98,7 @@ def evaluate_features(feats: str = "feats.h5", *, model: Optional[str] = None,
 
 def pca_features(feats: str = "feats.h5", dims: Sequence[int] = (10,), *,
                  model: Optional[str] = None, layer: Optional[str] = None,
-                 labels: LabelSource = LabelSource(), svm: SVMOptions = SVMOptions(),
+                 labels: Optional[LabelSource] = None, svm: Optional[SVMOptions] = None,
                  out: Optional[str] = None, plot: Optional[str] = None, overwrite: bool = False,
                  command_line: str = "", on_result=None) -> Run:
     """``c3dfeat pca``: PCA (fitted on training parts) then the linear SVM at each size.
@@ -105,6 +106,9 @@ def pca_features(feats: str = "feats.h5", dims: Sequence[int] = (10,), *,
     ``out``: also write the reduced features (layers ``<layer>_pca<d>``, PCA fitted on the
     training part of the first split) in the feature-file schema, readable by every command.
     """
+    labels, svm = labels or LabelSource(), svm or SVMOptions()
+    if plot is not None:
+        check_plot_path(plot)
     f = _load(feats, model, layer)
     protocol = labels.protocol(f)
     sweep: PCASweep = pca_sweep(f.X, protocol, dims, on_result=on_result, **svm.kwargs())
@@ -116,7 +120,13 @@ def pca_features(feats: str = "feats.h5", dims: Sequence[int] = (10,), *,
                      sorted(set(dims))) + f" (PCA fitted on {protocol.splits[0].name}'s "
                      "training videos only)")
     if plot is not None:
-        plot_sweep(sweep, plot, title=f"{f.model}/{f.layer}: linear SVM vs. PCA dimensions")
+        # the reference line: the same protocol on all dimensions
+        full = linear_eval(f.X, protocol, **svm.kwargs())
+        c = f"C = {svm.C:g}" if svm.C is not None else f"C by {svm.cv_folds}-fold CV on the training part"
+        caption = (f"{protocol.source}; {svm.norm} descriptors, PCA fitted on the training part only, "
+                   f"one-vs-rest linear SVM ({c})")
+        plot_sweep(sweep, plot, title=f"{f.model}/{f.layer}: linear SVM accuracy vs. PCA dimensions",
+                   full=full, full_dim=int(f.X.shape[1]), caption=caption, random_init=f.random_init)
         notes.append(f"wrote {plot}")
     return Run(f, protocol, sweep, notes)
 
@@ -140,27 +150,47 @@ def write_reduced(f: VideoFeatures, protocol: Protocol, dims: Sequence[int], out
                           overwrite=overwrite, command_line=command_line)
 
 
-def tsne_features(feats: str = "feats.h5", plot: str = "tsne.png", *, model: Optional[str] = None,
-                  layer: Optional[str] = None, labels: Optional[LabelSource] = None,
-                  norm: str = "l2", perplexity: float = 30.0, seed: int = 0) -> Run:
-    """``c3dfeat tsne``: 2-D embedding coloured by class (labels: file, folders or --labels)."""
+def tsne_features(feats: str = "feats.h5", plot: Optional[str] = "tsne.png", *,
+                  model: Optional[str] = None, layer: Optional[str] = None,
+                  labels: Optional[LabelSource] = None, norm: str = "l2", perplexity: float = 30.0,
+                  seed: int = 0, out: Optional[str] = None) -> Run:
+    """``c3dfeat tsne``: 2-D embedding coloured by class (labels: file, folders or --labels).
+
+    ``plot``: the figure (None: none); ``out``: the coordinates as CSV (id,label,x,y).
+    """
+    if plot is not None:
+        check_plot_path(plot)
     f = _load(feats, model, layer)
     names = stored_or_folder_labels(f)
     protocol = None
     if labels is not None and (labels.dataset or labels.labels_csv):
         protocol = labels.protocol(f)
         names = [protocol.classes[c] if c >= 0 else None for c in protocol.y]
-    Y = tsne_embedding(f.X, norm=norm, perplexity=perplexity, seed=seed)
-    plot_embedding(Y, names, plot, title=f"t-SNE: {f.model}/{f.layer} ({len(f.ids)} videos)")
-    return Run(f, protocol, Y, [f"wrote {plot}"])
+    notes = _notes(f, protocol)
+    perp = effective_perplexity(len(f.ids), perplexity)
+    if perp != perplexity:
+        notes.append(f"perplexity {perplexity:g} is too large for {len(f.ids)} videos; "
+                     f"t-SNE used {perp:g} (at most (videos - 1) / 3)")
+    Y = tsne_embedding(f.X, norm=norm, perplexity=perp, seed=seed)
+    if plot is not None:
+        plot_embedding(Y, names, plot, random_init=f.random_init,
+                       title=f"t-SNE of {f.model}/{f.layer}: {len(f.ids)} videos, {norm} descriptors, "
+                             f"perplexity {perp:g}")
+        notes.append(f"wrote {plot}")
+    if out is not None:
+        write_coordinates(out, f.ids, names, Y)
+        notes.append(f"wrote {out} (id,label,x,y)")
+    return Run(f, protocol, Y, notes)
+
 
 
 def fuse_features(specs: Sequence[str], *, fusion: str = "gblend",
-                  labels: LabelSource = LabelSource(), norm: str = "l2",
-                  cfg: FusionConfig = FusionConfig(), on_split=None) -> Run:
+                  labels: Optional[LabelSource] = None, norm: str = "l2",
+                  cfg: Optional[FusionConfig] = None, on_split=None) -> Run:
     """``c3dfeat linear-eval --features a.h5:m/l --features b.h5:m/l --fusion ...``."""
     if len(specs) < 2:
         raise EvalError("fusion needs at least two --features FILE:model/layer")
+    labels, cfg = labels or LabelSource(), cfg or FusionConfig()
     fs = [_load(s, None, None) for s in specs]
     ids, mats = align(fs)
     first = fs[0]

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from c3dfeat.errors import EvalError, StoreError
+from c3dfeat.errors import C3DFeatError, EvalError, StoreError
 
 
 @dataclass
@@ -64,6 +64,8 @@ def load_features(path: str | Path, model: Optional[str] = None,
             if not layers:
                 raise EvalError(f"{p}: model {model!r} stores no layers")
             layer = layers[0]  # the first requested at extraction (the model's default layer)
+        else:
+            layer = resolve_layer(layer, layers, ff.model_info(model).attrs, model)
         ids, X = ff.video_matrix(model, layer)
         if not ids:
             raise EvalError(f"{p} has no successfully extracted video for {model}/{layer}")
@@ -72,6 +74,38 @@ def load_features(path: str | Path, model: Optional[str] = None,
         labels = [table["label"][row[v]] or None for v in ids] if "label" in table else [None] * len(ids)
         return VideoFeatures(p, model, layer, list(ids), np.asarray(X, dtype=np.float32), labels,
                              ff.provenance, ff.random_init)
+
+
+def resolve_layer(layer: str, stored: Sequence[str], model_attrs: Mapping[str, Any], model: str) -> str:
+    """The stored layer that ``layer`` names: itself, or the stored layer it is an alias of.
+
+    Aliases are the original frameworks' names (``fc6-1``, ``final_avg``, ``avgpool``); they
+    resolve through the spec of the architecture the file records (model attribute ``arch``,
+    else the model key without its ``.tag``). An unknown name is returned unchanged, so the
+    reader's own error lists the stored layers.
+    """
+    if layer in stored:
+        return layer
+    arch = str(model_attrs.get("arch") or model.split(".")[0])
+    try:
+        from c3dfeat.models import get_spec  # the registry (and torch) only for an alias
+
+        canonical = get_spec(arch).layer(layer).name
+    except (C3DFeatError, KeyError, ValueError):  # not a registered model, or not one of its layers
+        return layer
+    return canonical if canonical in stored else layer
+
+
+def resolve_stored_layer(path: str | Path, model: Optional[str], layer: str) -> str:
+    """:func:`resolve_layer` for ``model`` (default: the only one) of the feature file ``path``."""
+    from c3dfeat.store import FeatureFile
+
+    with FeatureFile(path) as ff:
+        if model is None:
+            if len(ff.models) != 1:
+                return layer  # the reader's error asks for --model
+            model = ff.models[0]
+        return resolve_layer(layer, ff.layers(model), ff.model_info(model).attrs, model)
 
 
 def stored_or_folder_labels(feats: VideoFeatures) -> List[Optional[str]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -106,30 +106,8 @@ def reduce_features(X: np.ndarray, train_rows: np.ndarray, dims: Sequence[int], 
     return pca, {int(d): pca.transform(Xn, int(d)) for d in dims}
 
 
-def plot_sweep(sweep: PCASweep, out: str, title: str = "") -> None:
-    """Accuracy versus PCA dimensions (the C3D paper's compactness figure)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
-    d = [r.dims for r in sweep.rows]
-    m = [r.result.mean_top1 for r in sweep.rows]
-    s = [r.result.std_top1 for r in sweep.rows]
-    ax.errorbar(d, m, yerr=s, marker="o", capsize=3)
-    ax.set_xscale("log")
-    ax.set_xlabel("PCA dimensions")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(title or "Linear SVM accuracy vs. PCA dimensions")
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
+def plot_sweep(sweep: PCASweep, out: str, title: str = "", **figure_kw: Any) -> None:
+    """Accuracy versus PCA dimensions, written to ``out`` (see :func:`plots.sweep_figure`)."""
+    from c3dfeat.evaluate import plots
 
-
-def _pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as e:
-        raise EvalError("plotting needs matplotlib: pip install 'c3dfeat[plot]'") from e
-    return plt
+    plots.save(plots.sweep_figure(sweep, title=title, **figure_kw), out)

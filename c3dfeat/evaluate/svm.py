@@ -313,8 +313,13 @@ class LiblinearSVM:
         return svm_objective(self.coef_, self.intercept_, X, y, self.C, self.bias, self.classes_)
 
 
-def make_svm(solver: str = "torch", C: float = 1.0, device: str = "cpu", cv: bool = False):
-    """Build a linear SVM for ``solver`` in :data:`SOLVERS` (``cv``: looser tolerance, torch)."""
+def make_svm(solver: str = "torch", C: float = 1.0, device: str = "auto", cv: bool = False):
+    """Build a linear SVM for ``solver`` in :data:`SOLVERS` (``cv``: looser tolerance, torch).
+
+    ``device``: "auto" (the first GPU if any, else the CPU), "cpu", "cuda" or "cuda:N".
+    """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if solver == "torch":
         return TorchLinearSVM(C=C, device=device, tol=CV_TOL if cv else 1e-4)
     if solver == "liblinear":
