@@ -37,7 +37,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server API
+    def do_GET(self) -> None:  # http.server's name for the GET handler
         srv = self.server
         srv.hits[self.path] += 1  # type: ignore[attr-defined]
         mode, body = srv.routes.get(self.path, ("404", b""))  # type: ignore[attr-defined]

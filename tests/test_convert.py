@@ -27,7 +27,9 @@ from c3dfeat.weights.convert import from_caffe2
 from c3dfeat.weights.formats import detect_format
 from c3dfeat.weights.loading import state_dict_from_file
 from c3dfeat.zoo import convert_file, create_model, import_file, load_mean_cube
-from tests._weights_server import isolated, server  # noqa: F401  (fixtures)
+from tests import _weights_server
+
+isolated, server = _weights_server.isolated, _weights_server.server  # fixtures used here
 
 
 class _Pool:
@@ -132,7 +134,8 @@ def _layer_v10(name: str, ltype: int, bottom: str, top: str, blobs: List[Chunks]
     return out
 
 
-def write_c3d_caffemodel(path: Path, rng: "_Pool", fc8_classes: int = 487, only_first: bool = False) -> Dict[str, np.ndarray]:
+def write_c3d_caffemodel(path: Path, rng: "_Pool", fc8_classes: int = 487,
+                         only_first: bool = False) -> Dict[str, np.ndarray]:
     """A C3D-v1.0 NetParameter with the feature-extractor prototxt's layers; returns {module key: array}."""
     expected: Dict[str, np.ndarray] = {}
     layers: Chunks = []
@@ -140,7 +143,8 @@ def write_c3d_caffemodel(path: Path, rng: "_Pool", fc8_classes: int = 487, only_
     prev = "data"
     for name, cin, cout in _C3D_CONVS:
         w, b = rng((cout, cin, 3, 3, 3)), rng((cout,))
-        layers += _ld(2, _layer_v10(name, CONV3D, prev, name, [_blob_v10(w, w.shape), _blob_v10(b, (1, 1, 1, 1, cout))]))
+        blobs = [_blob_v10(w, w.shape), _blob_v10(b, (1, 1, 1, 1, cout))]
+        layers += _ld(2, _layer_v10(name, CONV3D, prev, name, blobs))
         layers += _ld(2, _layer_v10("relu" + name[4:], RELU, name, name))
         key = _C3D_MAP.get(name, name)
         expected[key + ".weight"], expected[key + ".bias"] = w, b
@@ -153,7 +157,8 @@ def write_c3d_caffemodel(path: Path, rng: "_Pool", fc8_classes: int = 487, only_
     for name, k, n in _C3D_FCS if not only_first else ():
         n = fc8_classes if name == "fc8-1" else n
         w, b = rng((n, k)), rng((n,))
-        layers += _ld(2, _layer_v10(name, IP, prev, name, [_blob_v10(w, (1, 1, 1, n, k)), _blob_v10(b, (1, 1, 1, 1, n))]))
+        blobs = [_blob_v10(w, (1, 1, 1, n, k)), _blob_v10(b, (1, 1, 1, 1, n))]
+        layers += _ld(2, _layer_v10(name, IP, prev, name, blobs))
         if name != "fc8-1":
             layers += _ld(2, _layer_v10("relu" + name[2], RELU, name, name))
             layers += _ld(2, _layer_v10("drop" + name[2], DROPOUT, name, name))
@@ -227,7 +232,8 @@ def test_c3d_caffemodel_wrong_shape_names_the_blob(tmp_path):
     # conv1a with 32 filters instead of 64
     w = rng.standard_normal((32, 3, 3, 3, 3), dtype=np.float32)
     b = rng.standard_normal(32, dtype=np.float32)
-    _write(path, _ld(2, _layer_v10("conv1a", CONV3D, "data", "conv1a", [_blob_v10(w, w.shape), _blob_v10(b, (1, 1, 1, 1, 32))])))
+    blobs = [_blob_v10(w, w.shape), _blob_v10(b, (1, 1, 1, 1, 32))]
+    _write(path, _ld(2, _layer_v10("conv1a", CONV3D, "data", "conv1a", blobs)))
     with pytest.raises(ConversionError, match=r"conv1a\[0\].*\(32, 3, 3, 3, 3\)"):
         state_dict_from_file(path, create_model("c3d"))
     # a net with only some layers: the rest is reported missing

@@ -25,9 +25,10 @@ from c3dfeat.specs import Checkpoint, LayerSpec, ModelSpec, Preprocessing
 from c3dfeat.weights import find_local_file, load_file, paths, search_dirs
 from c3dfeat.weights.safe_pickle import safe_loads
 from c3dfeat.zoo import create_model
-from tests._weights_server import all_files as _all_files
-from tests._weights_server import closed_port_url as _closed_port_url
-from tests._weights_server import isolated, server  # noqa: F401  (fixtures)
+from tests import _weights_server
+from tests._weights_server import all_files as _all_files, closed_port_url as _closed_port_url
+
+isolated, server = _weights_server.isolated, _weights_server.server  # fixtures used here
 
 _REAL_CHECKOUT_DIR = paths.checkout_dir  # before the `isolated` fixture replaces it
 
@@ -129,7 +130,8 @@ def test_download_published_prefix_and_mirror_fallback(server, monkeypatch, isol
     prefix = _sha(body)[:8]
     name = f"tiny-{prefix}.pth"
     server.routes["/b/" + name] = ("ok", body)  # first mirror: 404
-    _register(monkeypatch, _ckpt("v1", name, [server.url + "/a/" + name, server.url + "/b/" + name], sha256_prefix=prefix))
+    urls = [server.url + "/a/" + name, server.url + "/b/" + name]
+    _register(monkeypatch, _ckpt("v1", name, urls, sha256_prefix=prefix))
     model = create_model("wtest_tiny.v1", pretrained=True)
     assert _equal(model, sd) and model.weights_sha256 == _sha(body)
     assert server.hits["/a/" + name] == 1  # 404 is not retried

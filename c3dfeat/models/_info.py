@@ -7,53 +7,31 @@ counts, and FLOPs per clip (torch.utils.flop_counter, which counts one multiply-
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
-import torch.nn as nn
 
+from c3dfeat.models._meta import Size, meta_model, spec_layer_shapes
+from c3dfeat.models._registry import get_spec
 from c3dfeat.specs import ModelSpec
 
 __all__ = ["layer_shapes", "num_params", "gflops_per_clip", "model_info"]
 
-Size = Tuple[int, int, int]
-
 
 def _spec(spec: Union[str, ModelSpec]) -> ModelSpec:
-    if isinstance(spec, str):
-        from c3dfeat.models._registry import get_spec
-
-        return get_spec(spec)
-    return spec
-
-
-def _meta_model(builder: Callable[..., nn.Module], num_classes: int) -> nn.Module:
-    with torch.device("meta"):
-        return builder(num_classes=num_classes).eval()
-
-
-# Caches are keyed on (builder, classes, ...), not on the spec: ModelSpec equality ignores the
-# resolved checkpoint, so two checkpoints with different class counts would share an entry.
-@functools.lru_cache(maxsize=256)
-def _shapes(builder, num_classes: int, names: Tuple[str, ...], size: Size) -> Tuple[Tuple[str, Tuple[int, ...]], ...]:
-    model = _meta_model(builder, num_classes)
-    x = torch.empty((1, 3) + tuple(size), device="meta")
-    with torch.no_grad():
-        out = model.forward_layers(x, names)
-    return tuple((name, tuple(v.shape[1:])) for name, v in out.items())
+    return get_spec(spec) if isinstance(spec, str) else spec
 
 
 def layer_shapes(spec: Union[str, ModelSpec], input_size: Optional[Size] = None) -> Dict[str, Tuple[int, ...]]:
     """Per-clip shape of every declared layer for clips of `input_size` (T, H, W)
     (default: the spec's canonical input)."""
     spec = _spec(spec)
-    names = tuple(layer.name for layer in spec.layers)
-    return dict(_shapes(spec.builder, spec.num_classes, names, tuple(input_size or spec.input_size)))
+    return spec_layer_shapes(spec, input_size or spec.input_size)
 
 
 @functools.lru_cache(maxsize=64)
 def _num_params(builder, num_classes: int) -> int:
-    return sum(p.numel() for p in _meta_model(builder, num_classes).parameters())
+    return sum(p.numel() for p in meta_model(builder, num_classes).parameters())
 
 
 def num_params(spec: Union[str, ModelSpec]) -> int:
@@ -66,7 +44,7 @@ def num_params(spec: Union[str, ModelSpec]) -> int:
 def _flops(builder, num_classes: int, size: Size) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = _meta_model(builder, num_classes)
+    model = meta_model(builder, num_classes)
     x = torch.empty((1, 3) + tuple(size), device="meta")
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():

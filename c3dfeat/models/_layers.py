@@ -8,6 +8,7 @@ import torch.nn as nn
 
 from c3dfeat.errors import C3DFeatError, UnknownLayerError
 from c3dfeat.models._layout import prepare_input
+from c3dfeat.specs import ModelSpec
 
 
 class ClipSizeError(C3DFeatError, ValueError):
@@ -30,6 +31,10 @@ class LayerwiseModel(nn.Module):
 
     #: canonical layer names in forward order (the ModelSpec declares the same list)
     layer_names: Tuple[str, ...] = ()
+    #: the resolved record of the model, set by the builder (c3dfeat.models.create_model)
+    spec: ModelSpec
+    #: SHA-256 of the loaded weights file, set by c3dfeat.zoo; None = random init
+    weights_sha256: Optional[str] = None
 
     def _steps(self) -> List[Step]:  # pragma: no cover - abstract
         raise NotImplementedError

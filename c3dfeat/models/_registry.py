@@ -6,10 +6,10 @@ import fnmatch
 from typing import Dict, Iterable, List, Literal, Optional, Sequence, Union
 
 import torch
-import torch.nn as nn
 
 from c3dfeat.errors import ConfigError, UnknownModelError
 from c3dfeat.models._layers import LayerwiseModel
+from c3dfeat.models._meta import spec_layer_shapes
 from c3dfeat.specs import ModelSpec
 
 _REGISTRY: Dict[str, ModelSpec] = {}
@@ -26,7 +26,7 @@ def register_model(spec: ModelSpec) -> ModelSpec:
 
 def list_models(pattern: str = "*", with_tags: bool = False) -> List[str]:
     """Registered architecture names (or every `name.tag` with `with_tags`), sorted."""
-    names = []
+    names: List[str] = []
     for name, spec in _REGISTRY.items():
         if with_tags:
             names.extend(f"{name}.{c.tag}" for c in spec.weight_checkpoints)
@@ -57,9 +57,7 @@ def get_spec(name: str) -> ModelSpec:
     if resolved.input_size != spec.input_size:
         # The checkpoint's own clip size moves the layer shapes: re-derive them from the
         # architecture (meta device, no compute).
-        from c3dfeat.models._info import layer_shapes
-
-        shapes = layer_shapes(resolved)
+        shapes = spec_layer_shapes(resolved, resolved.input_size)
         layers = tuple(dataclasses.replace(layer, shape=shapes[layer.name]) for layer in resolved.layers)
         resolved = dataclasses.replace(resolved, layers=layers)
     return resolved
@@ -89,7 +87,7 @@ def create_model(name: str, pretrained: Literal[False] = False, *, num_classes: 
 
 
 def extract_layers(
-    model: nn.Module, clips: torch.Tensor, layers: Union[str, Sequence[str]]
+    model: LayerwiseModel, clips: torch.Tensor, layers: Union[str, Sequence[str]]
 ) -> Dict[str, torch.Tensor]:
     """Features of several layers from ONE forward pass; layers past the deepest are skipped.
 

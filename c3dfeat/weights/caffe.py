@@ -1,8 +1,8 @@
 """Read the original Caffe files without Caffe: C3D-v1.0 and C3D-v1.1 `.caffemodel`, `.binaryproto`.
 
-Parsed with the protobuf runtime (a core dependency: the default model is a Caffe file) through descriptors built here in code for
-just the messages needed (models.md §7.2, §7.3; field numbers from facebookarchive/C3D
-`C3D-v1.0/src/caffe/proto/caffe.proto` and `C3D-v1.1/src/caffe/proto/caffe.proto`). Unknown fields
+Parsed with the protobuf runtime (a core dependency: the default model is a Caffe file) through
+descriptors built here in code for just the messages needed (models.md §7.2, §7.3; field numbers from
+facebookarchive/C3D `C3D-v1.0/src/caffe/proto/caffe.proto` and `C3D-v1.1/src/caffe/proto/caffe.proto`). Unknown fields
 (solver settings, layer parameters we do not need) are skipped by protobuf.
 
 The float payloads are plain `repeated float ... [packed = true]` fields, so both packed and
@@ -104,7 +104,8 @@ def _build(package: str):
                 f.options.packed = True
     pool = descriptor_pool.DescriptorPool()
     pool.Add(fd)
-    return {m.name: message_factory.GetMessageClass(pool.FindMessageTypeByName(p[1:] + m.name)) for m in fd.message_type}
+    return {m.name: message_factory.GetMessageClass(pool.FindMessageTypeByName(p[1:] + m.name))
+            for m in fd.message_type}
 
 
 _CLASSES: Dict[str, dict] = {}
@@ -190,7 +191,7 @@ def top_level_fields(path: os.PathLike, limit: int = 64) -> Optional[Sequence[Tu
     v1.0 net (field 2), a v1.1 net (field 100) and a mean BlobProto apart.
     """
     size = os.path.getsize(path)
-    out = []
+    out: List[Tuple[int, int]] = []
     with open(path, "rb") as f:
 
         def varint() -> Optional[int]:

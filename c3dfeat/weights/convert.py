@@ -205,7 +205,8 @@ def _caffe2_name_fn(shapes: Dict[str, Tuple[int, ...]]) -> Callable[[str], str]:
       a depthwise conv2 (ir-CSN) → comp_i_*_3, conv3 → _4 (the Caffe2 builder skips an index);
     * downsample.{0,1} → shortcut_projection_i / shortcut_projection_i_spatbn.
     """
-    blocks = sorted({(int(m.group(1)), int(m.group(2))) for k in shapes for m in [re.match(r"layer(\d+)\.(\d+)\.", k)] if m})
+    blocks = sorted({(int(m.group(1)), int(m.group(2)))
+                     for k in shapes for m in [re.match(r"layer(\d+)\.(\d+)\.", k)] if m})
     index = {b: i for i, b in enumerate(blocks)}
     two_plus_one_stem = "stem.3.weight" in shapes
     bn_modules = set(_bn_groups(shapes))
@@ -273,7 +274,8 @@ def from_caffe2(blobs: Dict[str, np.ndarray], model: nn.Module, source: str = "p
     if fc_w and fc_w not in blobs:
         heads = sorted(b for b in blobs if b.startswith("last_out_L"))
         raise ConversionError(
-            f"{source}: the model has {shapes['fc.weight'][0]} classes but the checkpoint's head is {heads or 'missing'}"
+            f"{source}: the model has {shapes['fc.weight'][0]} classes "
+            f"but the checkpoint's head is {heads or 'missing'}"
         )
     out: StateDict = OrderedDict()
     used = set()

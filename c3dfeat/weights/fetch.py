@@ -140,7 +140,7 @@ def _reason(e: BaseException) -> str:
 
 def _check_format(path: Path, ckpt: Checkpoint, url: str) -> None:
     """The downloaded bytes have the checkpoint's format (not an error page, not another file)."""
-    from c3dfeat.weights.formats import format_family, detect_format
+    from c3dfeat.weights.formats import detect_format, format_family
 
     try:
         found = detect_format(path)

@@ -55,7 +55,8 @@ def load_state_dict_strict(model: nn.Module, sd: StateDict, where: str) -> None:
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
-    wrong = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if k in sd and sd[k].shape != v.shape]
+    wrong = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}"
+             for k, v in own.items() if k in sd and sd[k].shape != v.shape]
     if missing or unexpected or wrong:
         parts = []
         if missing:
