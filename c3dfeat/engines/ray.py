@@ -1,0 +1,426 @@
+"""``extract(..., engine="ray")``: the in-process pipeline's features and file, computed on Ray Data.
+
+    report = c3dfeat.extract(["videos/"], "feats.h5", ["c3d"], engine="ray")              # local runtime
+    report = c3dfeat.extract(["videos/"], "feats.h5", ["c3d"], engine="ray", ray_address="auto")
+
+Data flow (docs/scale.md):
+
+* **Driver** (this process): lists the inputs, builds the models once (weights loaded here and
+  shipped to the actors through the object store, so worker nodes need no weights cache),
+  opens the one HDF5 writer, and commits finished videos **in input order** with the same
+  protocol as the in-process engine — so resume, failure rows and provenance are the same,
+  and a file started by one engine can be finished by the other.
+* **Decode tasks** (Ray Data ``flat_map``, one CPU each, retried when their worker dies): one
+  task per video runs the pipeline's own decoder (same sampling, same transforms) and streams
+  clips out as rows; Ray Data cuts the stream into small blocks, so a video is never whole in
+  memory. A video that cannot be read is a *result* (a ``failed`` row), not an exception.
+* **Inference actors** (``map_batches`` over an actor pool, ``num_gpus=1`` each where the
+  cluster has GPUs): clips of several videos share a batch; every forward pass is a full,
+  zero-padded batch of ``batch_size`` clips, exactly as in process, so features are bit-equal
+  for the same device, dtype and batch size.
+
+Exactly-once without trusting Ray's retry semantics: every clip row carries (video, model,
+clip), the driver keeps one value per key and commits a video only when its last clip and its
+header have arrived; rows of already committed videos are ignored.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from c3dfeat.errors import ConfigError, ExtractInterrupted
+from c3dfeat.pipeline.api import _failed_before, _open_writer, resolve_tasks
+from c3dfeat.pipeline.assemble import VideoAssembler
+from c3dfeat.pipeline.batching import BatchRunner
+from c3dfeat.pipeline.decode import ClipReady, VideoEnd, VideoFailed, VideoStart, VideoTask, decode_video
+from c3dfeat.pipeline.plan import COMPUTE_DTYPES, ModelRequest, PreparedModel, default_batch_size, prepare_models
+from c3dfeat.pipeline.report import ExtractReport, Progress
+
+__all__ = ["extract_ray"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+# Row kinds of the decode → inference → driver stream (one schema for every row).
+_CLIP, _EMPTY, _FAILED = 0, 1, 2
+_BLOCK_BYTES = 16 << 20  # Ray Data block target: a few C3D clips (2.4 MB each) per block
+
+
+# ----------------------------------------------------------------------------- decode tasks
+def _decode_rows(row: Dict[str, Any], *, models: Sequence[PreparedModel], decoder: str) -> Iterator[Dict[str, Any]]:
+    """One video → its clip rows (streamed as decoded), an ``_EMPTY`` row or a ``_FAILED`` row.
+
+    Runs the pipeline's own decoder. The video's header (record + clip plan) rides on its first
+    row; the last row carries ``end`` (one clip row is held back until the decoder says so).
+    Decode failures come out as a row (a result, never retried); bugs raise and fail the run.
+    """
+    task = VideoTask(int(row["seq"]), str(row["id"]), Path(str(row["path"])), str(row["label"]),
+                     int(row["input_index"]))
+    header = b""
+    held: Optional[Dict[str, Any]] = None
+    for msg in decode_video(task, models, decoder):
+        if isinstance(msg, VideoStart):
+            header = pickle.dumps((msg.record, msg.clips), protocol=pickle.HIGHEST_PROTOCOL)
+        elif isinstance(msg, ClipReady):
+            if held is not None:
+                yield held
+            if msg.tensor.dtype != torch.float32:
+                raise RuntimeError(f"internal error: clip tensor is {msg.tensor.dtype}, expected float32")
+            held = _row(task.seq, _CLIP, msg.model, msg.clip, header, msg.tensor.numpy().tobytes())
+            header = b""
+        elif isinstance(msg, VideoEnd):
+            if held is None:  # no clip at all (e.g. tail="drop" on a short video)
+                held = _row(task.seq, _EMPTY, -1, -1, header, b"")
+            held["end"] = True
+        elif isinstance(msg, VideoFailed):
+            if held is not None:
+                yield held
+                held = None
+            yield _row(task.seq, _FAILED, -1, -1, pickle.dumps(msg.record), b"")
+    if held is not None:
+        yield held
+
+
+def _row(seq: int, kind: int, model: int, clip: int, meta: bytes, data: bytes) -> Dict[str, Any]:
+    return {"seq": seq, "kind": kind, "model": model, "clip": clip, "end": False, "meta": meta, "data": data}
+
+
+# ----------------------------------------------------------------------------- inference actors
+class _InferenceActor:
+    """Runs the models on the clip rows of a batch (other rows pass through); one per actor."""
+
+    def __init__(self, models_ref: Any, device: str, dtype: str, allow_tf32: bool, batch_size: int,
+                 threads: int) -> None:
+        import ray
+
+        from c3dfeat.pipeline.api import _prepare_runtime
+
+        if threads > 0:
+            torch.set_num_threads(threads)
+        dev = torch.device(device)
+        _prepare_runtime(dev, allow_tf32)
+        models = ray.get(models_ref) if isinstance(models_ref, ray.ObjectRef) else models_ref
+        self.runners = [BatchRunner(dataclasses.replace(m, net=m.net.to(dev)), batch_size, dev, dtype)
+                        for m in models]
+
+    def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        kinds, model_of, data = batch["kind"], batch["model"], batch["data"]
+        out = np.empty(len(kinds), dtype=object)
+        out[:] = b""
+        for m, runner in enumerate(self.runners):
+            rows = np.flatnonzero((kinds == _CLIP) & (model_of == m))
+            shape = runner.model.clip_shape
+            for s in range(0, len(rows), runner.batch_size):
+                sel = rows[s : s + runner.batch_size]
+                clips = [torch.from_numpy(np.frombuffer(data[i], dtype=np.float32).reshape(shape)) for i in sel]
+                for i, feats in zip(sel, runner.compute(clips)):
+                    out[i] = b"".join(np.ascontiguousarray(feats[layer], np.float32).tobytes()
+                                      for layer in runner.model.layers)
+        batch = dict(batch)
+        batch["data"] = out
+        return batch
+
+
+# ----------------------------------------------------------------------------- driver
+@dataclasses.dataclass
+class _Early:
+    """Rows of a video that arrived before its header (rows of different blocks race)."""
+
+    features: Dict[Tuple[int, int], bytes] = dataclasses.field(default_factory=dict)
+    ended: bool = False
+
+
+class _Collector:
+    """Feeds the stream's rows to the pipeline's VideoAssembler exactly once each.
+
+    Ray may deliver a row twice (a retried task re-emits what its dead attempt had sent) and
+    rows of one video in any order; keys (video, model, clip) make both harmless.
+    """
+
+    def __init__(self, models: Sequence[PreparedModel], num_videos: int) -> None:
+        self.models = list(models)
+        self.assembler = VideoAssembler(models, num_videos)
+        self._started: Dict[int, set] = {}  # seq -> keys already put
+        self._early: Dict[int, _Early] = {}
+        self.planned = 0  # clips of the videos whose header was read (failed ones' lost clips off)
+        self.computed = 0  # distinct clips received
+
+    def add(self, seq: int, kind: int, model: int, clip: int, end: bool, meta: bytes, data: bytes) -> Optional[str]:
+        """Take one row; returns the id of a video whose header was just read (progress)."""
+        if seq < self.assembler.head or self.assembler.is_failed(seq):
+            return None  # a duplicate of a committed / failed video's row
+        if kind == _FAILED:
+            record = pickle.loads(meta)
+            self.planned -= self.assembler.fail(VideoFailed(seq, record, record.error))
+            self._started.pop(seq, None)
+            self._early.pop(seq, None)
+            return None
+        started_id = None
+        if seq not in self._started:
+            early = self._early.setdefault(seq, _Early())
+            if kind == _CLIP:
+                early.features.setdefault((model, clip), data)
+            early.ended = early.ended or end
+            if not len(meta):
+                return None
+            record, clips = pickle.loads(meta)
+            self.planned += self.assembler.start(VideoStart(seq, record, clips))
+            self._started[seq] = set()
+            del self._early[seq]
+            for (m, c), d in early.features.items():
+                self._put(seq, m, c, d)
+            if early.ended:
+                self.assembler.end(seq)
+            return str(record.id)
+        if kind == _CLIP:
+            self._put(seq, model, clip, data)
+        if end:
+            self.assembler.end(seq)
+        return started_id
+
+    def _put(self, seq: int, model: int, clip: int, data: bytes) -> None:
+        seen = self._started[seq]
+        if (model, clip) in seen:
+            return
+        seen.add((model, clip))
+        self.computed += 1
+        flat = np.frombuffer(data, dtype=np.float32)
+        pm = self.models[model]
+        feats, at = {}, 0
+        for layer in pm.layers:
+            shape = pm.feature_shape(layer)
+            n = int(np.prod(shape))
+            feats[layer] = flat[at : at + n].reshape(shape)
+            at += n
+        if at != flat.size:
+            raise RuntimeError(f"internal error: {flat.size} feature values for {pm.key}, expected {at}")
+        self.assembler.put(seq, model, clip, feats)
+
+
+def _start_ray(ray_address: Optional[str], workers: int) -> bool:
+    """Connect to Ray; True when this call started a local runtime (shut down at the end)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if ray_address in (None, "", "local"):
+        # The in-process engine's shape: `workers` decoders beside one inference worker.
+        ray.init(num_cpus=workers + 1, include_dashboard=False, log_to_driver=False, logging_level="warning")
+        return True
+    try:
+        ray.init(address=ray_address, log_to_driver=False, logging_level="warning")
+    except ConnectionError as e:
+        raise ConfigError(f"--ray-address {ray_address}: no Ray cluster answers there ({e}); start one with "
+                          "`ray start --head`, or leave --ray-address out for a local runtime") from None
+    return True
+
+
+def _cluster_device(device: str) -> Tuple[torch.device, int]:
+    """The actors' device and the cluster's GPU count ("auto": cuda when the cluster has GPUs)."""
+    import ray
+
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if device == "auto":
+        return torch.device("cuda" if gpus else "cpu"), gpus
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"--device must be auto, cpu or cuda[:N], got {device!r}") from None
+    if dev.type == "cuda" and not gpus:
+        raise ConfigError(f"--device {device}: the Ray cluster has no GPU; use --device cpu or add GPU nodes")
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device must be auto, cpu or cuda[:N], got {device!r}")
+    # Each actor sees the one GPU Ray gave it as cuda:0.
+    return torch.device(dev.type), gpus
+
+
+def _dataset(todo: Sequence[VideoTask], prepared: Sequence[PreparedModel], *, decoder: str, device: torch.device,
+             dtype: str, allow_tf32: bool, batch_size: int, gpus: int) -> Any:
+    """The Ray Data plan: videos → decode tasks (flat_map) → inference actor pool (map_batches)."""
+    import ray
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.target_max_block_size = _BLOCK_BYTES
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    rows = [{"seq": t.seq, "id": t.id, "path": str(t.path), "label": t.label, "input_index": t.input_index}
+            for t in todo]
+    # One video per block (up to 10k blocks): a retried task redoes one video, and decode tasks
+    # start in input order, which keeps the driver's in-order commit buffer short.
+    ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 10_000))
+    light = [dataclasses.replace(m, net=None) for m in prepared]  # decoders need transforms, not nets
+    ds = ds.flat_map(_decode_rows, fn_kwargs={"models": light, "decoder": decoder}, num_cpus=1)
+    if device.type == "cuda":
+        pool, resources, threads = max(1, gpus), {"num_gpus": 1}, 0
+    else:
+        # CPU inference: one actor per node at most, most CPUs left to decoding; the actor's torch
+        # uses the node's cores like the in-process engine's main thread does.
+        nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        pool, resources, threads = max(1, min(nodes, cpus // 4)), {"num_cpus": 1}, 0
+    models_ref = ray.put(list(prepared))
+    return ds.map_batches(
+        _InferenceActor,
+        fn_constructor_args=(models_ref, device.type, dtype, allow_tf32, batch_size, threads),
+        batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=pool), **resources,
+    )
+
+
+def _commit_stream(stream: Any, todo: Sequence[VideoTask], prepared: Sequence[PreparedModel], writer: Any,
+                   report: ExtractReport, progress: Optional[Callable[[Progress], None]], t0: float) -> None:
+    """Drain the dataset; commit finished videos in input order (the in-process protocol)."""
+    collector = _Collector(prepared, len(todo))
+
+    def emit(event: str, current: str) -> None:
+        if progress is not None:
+            progress(Progress(report.skipped + collector.assembler.head, report.total, len(report.failed),
+                              report.clips, collector.planned, time.monotonic() - t0,
+                              current, event))
+
+    for batch in stream.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+        cols = (batch["seq"], batch["kind"], batch["model"], batch["clip"], batch["end"], batch["meta"], batch["data"])
+        clips_before = report.clips
+        for seq, kind, model, clip, end, meta, data in zip(*cols):
+            started = collector.add(int(seq), int(kind), int(model), int(clip), bool(end), bytes(meta), bytes(data))
+            report.clips = collector.computed
+            if started is not None:
+                emit("start", started)
+        if report.clips != clips_before:
+            emit("batch", "")
+        for ready in collector.assembler.pop_ready():
+            writer.add_video(ready.record, ready.results)
+            collector._started.pop(ready.seq, None)
+            if ready.failed:
+                report.failed.append((ready.record.id, ready.record.error))
+            else:
+                report.ok += 1
+            emit("commit", ready.record.id)
+    if not collector.assembler.finished:
+        raise RuntimeError(f"internal error: the Ray stream ended with {len(todo) - collector.assembler.head} "
+                           "videos uncommitted")
+
+
+def extract_ray(
+    inputs: Union[PathLike, Sequence[PathLike]],
+    output: PathLike,
+    models: Sequence[Any] = ("c3d",),
+    *,
+    device: str = "auto",
+    dtype: str = "fp32",
+    allow_tf32: bool = False,
+    batch_size: Optional[int] = None,
+    workers: int = 2,
+    decoder: str = "pyav",
+    clip_len: Optional[int] = None,
+    stride: Optional[int] = None,
+    frame_step: Optional[int] = None,
+    num_clips: Optional[int] = None,
+    fps: Optional[float] = None,
+    tail: str = "pad",
+    crops: Union[str, int] = "center",
+    crop_reduce: str = "mean",
+    weights: Optional[PathLike] = None,
+    weights_dir: Optional[PathLike] = None,
+    require_hashes: Optional[bool] = None,
+    weights_mirror: Optional[str] = None,
+    random_init: bool = False,
+    half: bool = False,
+    overwrite: bool = False,
+    retry_failed: bool = False,
+    shard: Union[None, str, Tuple[int, int]] = None,
+    progress: Optional[Callable[[Progress], None]] = None,
+    command_line: Optional[str] = None,
+    max_pending: Optional[int] = None,
+    ray_address: Optional[str] = None,
+) -> ExtractReport:
+    """:func:`c3dfeat.extract` on Ray Data: same arguments, same file (docs/scale.md).
+
+    ``ray_address``: None starts a local runtime with ``workers`` decode CPUs plus one for
+    inference (stopped at the end); ``"auto"`` (or ``"host:6379"``) joins a running cluster.
+    A Ray runtime already initialised in this process is used as it is. `max_pending` is not
+    used: Ray Data's backpressure bounds what is in flight.
+    """
+    import ray
+
+    t0 = time.monotonic()
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    reqs = [ModelRequest.of(m) for m in models]
+    if weights is not None:
+        if len(reqs) != 1:
+            raise ConfigError("weights=PATH needs exactly one model; set ModelRequest(name, layers, weights=...) per model")
+        reqs = [dataclasses.replace(reqs[0], weights=str(weights))]
+    if dtype not in COMPUTE_DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {dtype!r}")
+    if (batch_size is not None and batch_size < 1) or workers < 1:
+        raise ConfigError(f"batch_size and workers must be >= 1, got {batch_size} and {workers}")
+    from c3dfeat.video import BACKENDS
+
+    if decoder not in BACKENDS:
+        raise ConfigError(f"decoder must be one of {', '.join(BACKENDS)}, got {decoder!r}")
+    tasks, shard_kn = resolve_tasks(inputs, shard)
+    started = _start_ray(ray_address, workers)
+    try:
+        dev, gpus = _cluster_device(device)
+        if batch_size is None:
+            batch_size = default_batch_size(dev, [r.name for r in reqs])
+        report = ExtractReport(output=Path(output), device=str(dev), dtype=dtype, batch_size=batch_size, engine="ray")
+        overrides = dict(clip_len=clip_len, stride=stride, frame_step=frame_step, num_clips=num_clips, fps=fps,
+                         tail=tail)
+        # Built once here, on CPU: the actors get these very networks (and weights) through the
+        # object store, so worker nodes need no weights cache and every actor runs the same model.
+        prepared = prepare_models(reqs, device=torch.device("cpu"), random_init=random_init,
+                                  weights_dir=weights_dir, require_hashes=require_hashes,
+                                  weights_mirror=weights_mirror, sampling_overrides=overrides, crops=crops,
+                                  crop_reduce=crop_reduce)
+        report.random_init = [m.key for m in prepared if m.random_init]
+        for m in prepared:
+            if m.transform.uses_mean_approximation:
+                report.warnings.append(
+                    f"{m.key}: mean cube not found locally; using the per-channel mean approximation "
+                    f"(`c3dfeat weights download {m.spec.name}.{m.spec.preprocessing.mean_cube}` for the exact input)")
+        if command_line is None:
+            command_line = " ".join(shlex.quote(a) for a in sys.argv)
+        writer = _open_writer(
+            output, prepared, {"decoder": decoder, "dtype": dtype}, half=half, retry_failed=retry_failed,
+            overwrite=overwrite, command_line=command_line, shard=f"{shard_kn[0]}/{shard_kn[1]}" if shard_kn else "",
+            run={"device": str(dev), "batch_size": batch_size, "workers": workers, "torch": torch.__version__,
+                 "engine": "ray", "ray_address": ray_address or "local", "ray": ray.__version__,
+                 "allow_tf32": allow_tf32},
+        )
+        interrupted = False
+        try:
+            done = set(writer.done_ids)
+            todo = [dataclasses.replace(t, seq=seq) for seq, t in enumerate(t for t in tasks if t.id not in done)]
+            report.total = len(tasks)
+            report.skipped = len(tasks) - len(todo)
+            t_run = time.monotonic()
+            try:
+                if todo:
+                    stream = _dataset(todo, prepared, decoder=decoder, device=dev, dtype=dtype,
+                                      allow_tf32=allow_tf32, batch_size=batch_size, gpus=gpus)
+                    _commit_stream(stream, todo, prepared, writer, report, progress, t0)
+            except KeyboardInterrupt:
+                interrupted = True
+            report.run_seconds = time.monotonic() - t_run
+        finally:
+            saved = int(getattr(writer, "num_videos", len(writer.done_ids)))
+            writer.close()
+    finally:
+        if started:
+            ray.shutdown()
+    if interrupted:
+        raise ExtractInterrupted(f"interrupted: {saved} videos saved in {output}; run the same command to resume",
+                                 report=report, saved=saved)
+    if report.skipped:
+        report.failed_before = _failed_before(output, tasks, report)
+    report.seconds = time.monotonic() - t0
+    return report

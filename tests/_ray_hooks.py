@@ -1,0 +1,56 @@
+"""Ray worker set-up hook for the Ray engine tests (``runtime_env["worker_process_setup_hook"]``).
+
+Runs in every Ray worker process the tests start:
+
+* registers the tiny test models (the actors unpickle them; decoders use their transforms);
+* writes this worker's node id under ``$C3DFEAT_TEST_NODES`` (when set): the cluster test checks
+  that both nodes did work;
+* wraps ``c3dfeat.video.open_video`` so that the *first* time any worker reads the second window
+  of a video whose file name contains ``kill-me``, that worker SIGKILLs itself mid-video — a
+  flag file ``<video>.killed`` (holding the killed pid) makes it happen once per test run.
+"""
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+KILL_MARK = "kill-me"
+
+
+def setup() -> None:
+    from tests import _extract_tiny
+
+    _extract_tiny.register()
+    nodes = os.environ.get("C3DFEAT_TEST_NODES")
+    if nodes:
+        import ray
+
+        Path(nodes).mkdir(parents=True, exist_ok=True)
+        (Path(nodes) / ray.get_runtime_context().get_node_id()).touch()
+    import c3dfeat.video as video
+
+    if getattr(video.open_video, "_kill_hook", False):
+        return
+    original = video.open_video
+
+    def open_video(path: Any, *args: Any, **kwargs: Any) -> Any:
+        reader = original(path, *args, **kwargs)
+        flag = Path(str(path) + ".killed")
+        if KILL_MARK in Path(path).name and not flag.exists():
+            get_frames = reader.get_frames
+            calls = [0]
+
+            def killing_get_frames(indices: Any) -> Any:
+                calls[0] += 1
+                if calls[0] == 2 and not flag.exists():  # clips of the first window are out
+                    flag.write_text(str(os.getpid()))
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return get_frames(indices)
+
+            reader.get_frames = killing_get_frames
+        return reader
+
+    open_video._kill_hook = True  # type: ignore[attr-defined]
+    video.open_video = open_video

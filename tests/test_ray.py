@@ -1,0 +1,122 @@
+"""`extract(..., engine="ray")` on a local Ray runtime: the same file as the in-process engine.
+
+One runtime for the module (``ray.init(num_cpus=2)``; starting Ray costs seconds): every test
+compares its file dataset by dataset (h5py: every dataset, the compared attributes) with the
+in-process run of the same videos. The worker-kill test SIGKILLs a Ray worker in the middle of
+a video (tests/_ray_hooks.py) and expects the retried task to change nothing.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import pytest
+
+from c3dfeat.errors import ExtractInterrupted
+from c3dfeat.pipeline import extract
+from c3dfeat.store import FeatureFile
+from tests._extract_tiny import tiny_models  # noqa: F401  (fixture)
+from tests.synth import make_broken, make_video
+from tests.test_store import _assert_same_datasets
+
+ray = pytest.importorskip("ray")
+pytest.importorskip("av")
+
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("tiny_models")]
+REPO = Path(__file__).resolve().parents[1]
+MODELS = [("tiny3d", ["conv", "input"]), ("tiny3d_id", ["pool"])]  # two models: mixed batches
+OPTS = dict(random_init=True, device="cpu", batch_size=3)
+
+
+@pytest.fixture(scope="module")
+def ray_runtime():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning",
+             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)},
+                          "worker_process_setup_hook": "tests._ray_hooks.setup"})
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    """Seven videos of 3..40 frames (one long enough to span several decode windows), one that
+    does not open and one that fails half way (after some of its clips were emitted)."""
+    d = tmp_path_factory.mktemp("ray_videos")
+    for i, n in enumerate((9, 3, 40, 12, 6, 15, 7)):
+        make_video(d / f"v{i}.mp4", n, size=(32, 32), noise=10)
+    make_broken(d, "text")
+    make_broken(d, "truncated_faststart")
+    return d
+
+
+@pytest.fixture(scope="module")
+def reference(videos, tmp_path_factory):
+    from tests import _extract_tiny
+
+    _extract_tiny.register()
+    out = tmp_path_factory.mktemp("ray_ref") / "ref.h5"
+    extract([videos], out, MODELS, **OPTS)
+    return out
+
+
+def _run_attr(path: Path) -> dict:
+    with h5py.File(path, "r") as f:
+        return json.loads(f.attrs["run"])
+
+
+def test_local_runtime_equals_in_process(ray_runtime, videos, reference, tmp_path):
+    out = tmp_path / "ray.h5"
+    report = extract([videos], out, MODELS, engine="ray", **OPTS)
+    _assert_same_datasets(out, reference)
+    assert report.engine == "ray" and report.ok == 7 and report.skipped == 0
+    assert sorted(v for v, _ in report.failed) == ["text.mp4", "truncated_fs.mp4"]
+    with FeatureFile(reference) as ref:  # + the clips of the video that failed half way
+        assert report.clips >= sum(ref.num_clips(m) for m in ("tiny3d", "tiny3d_id")) > 0
+    assert _run_attr(out)["engine"] == "ray" and _run_attr(reference)["engine"] == "local"
+
+
+def test_worker_killed_mid_video_is_retried(ray_runtime, tmp_path, tiny_models):
+    d = tmp_path / "vids"
+    # 80 frames of 32x32: several decode windows, so the kill lands after clips were emitted
+    make_video(d / "a.mp4", 10, size=(32, 32), noise=10)
+    make_video(d / "kill-me.mp4", 80, size=(32, 32), noise=10)
+    make_video(d / "z.mp4", 9, size=(32, 32), noise=10)
+    make_broken(d, "text")
+    ref = tmp_path / "ref.h5"
+    extract([d], ref, MODELS, **OPTS)
+    out = tmp_path / "ray.h5"
+    report = extract([d], out, MODELS, engine="ray", **OPTS)
+    flag = d / "kill-me.mp4.killed"
+    assert flag.exists(), "the worker-kill hook did not fire"
+    _assert_same_datasets(out, ref)
+    assert report.ok == 3 and [v for v, _ in report.failed] == ["text.mp4"]  # failed once, not per retry
+    with FeatureFile(out) as ff:
+        assert ff.num_videos == 4
+
+
+def _interrupt_after(commits: int):
+    seen = [0]
+
+    def progress(p):
+        if p.event == "commit":
+            seen[0] += 1
+            if seen[0] == commits:
+                raise KeyboardInterrupt
+
+    return progress
+
+
+@pytest.mark.parametrize("first,then", [("local", "ray"), ("ray", "local")])
+def test_resume_across_engines(ray_runtime, videos, reference, tmp_path, first, then):
+    out = tmp_path / "out.h5"
+    with pytest.raises(ExtractInterrupted) as e:
+        extract([videos], out, MODELS, engine=first, progress=_interrupt_after(3), **OPTS)
+    assert e.value.saved == 3
+    report = extract([videos], out, MODELS, engine=then, **OPTS)
+    assert report.skipped == 3 and report.total == 9
+    _assert_same_datasets(out, reference)
+    # The engine is a run attribute (of the run that created the file), never compared provenance.
+    assert _run_attr(out)["engine"] == first
+    with h5py.File(out, "r") as f:
+        assert "engine" not in f.attrs["provenance"]
