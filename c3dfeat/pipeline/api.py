@@ -26,7 +26,7 @@ from c3dfeat.pipeline.scheduler import LocalScheduler
 from c3dfeat.store import open_writer
 from c3dfeat.transforms import Crops
 
-__all__ = ["extract", "ENGINES", "resolve_tasks"]
+__all__ = ["extract", "ENGINES", "resolve_tasks", "open_run_writer", "failed_before"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 ModelArg = Union[str, Tuple[str, Any], ModelRequest]
@@ -34,10 +34,8 @@ ENGINES = ("local", "ray")
 
 
 def _prepare_runtime(device: torch.device, allow_tf32: bool) -> None:
-    """Process-wide settings, once per run, before the first large allocation.
-
-    THROUGHPUT: c3dfeat.runtime.configure_allocator() is called from here.
-    """
+    """Process-wide settings, once per run, before the first large allocation: the allocator
+    (c3dfeat.runtime), and on CUDA TF32 (off unless asked) and cuDNN autotuning."""
     from c3dfeat.runtime import configure_allocator
 
     configure_allocator()  # freed activations stay in the heap: no page churn (C3DFEAT_MALLOC=system: off)
@@ -67,7 +65,7 @@ def resolve_tasks(
     return tasks, (int(shard_kn[0]), int(shard_kn[1])) if shard_kn else None
 
 
-def _open_writer(output: PathLike, models: Sequence[PreparedModel], provenance: Dict[str, Any], *,
+def open_run_writer(output: PathLike, models: Sequence[PreparedModel], provenance: Dict[str, Any], *,
                  half: bool, retry_failed: bool, **kw: Any) -> Any:
     """The run's writer (both engines): storage float16 when `half`, failed videos redone when
     `retry_failed`; `kw` goes to :func:`c3dfeat.store.open_writer`."""
@@ -204,7 +202,7 @@ def extract(
     provenance = {"decoder": decoder, "dtype": dtype}
     if command_line is None:
         command_line = " ".join(shlex.quote(a) for a in sys.argv)
-    writer = _open_writer(
+    writer = open_run_writer(
         output, prepared, provenance, half=half, retry_failed=retry_failed, overwrite=overwrite,
         command_line=command_line, shard=f"{shard_kn[0]}/{shard_kn[1]}" if shard_kn else "",
         # Features are bit-reproducible for the same device, dtype and batch size (batching.py).
@@ -237,12 +235,12 @@ def extract(
             report=report, saved=saved,
         )
     if report.skipped:
-        report.failed_before = _failed_before(output, tasks, report)
+        report.failed_before = failed_before(output, tasks, report)
     report.seconds = time.monotonic() - t0
     return report
 
 
-def _failed_before(output: PathLike, tasks: Sequence[VideoTask], report: ExtractReport) -> List[Tuple[str, str]]:
+def failed_before(output: PathLike, tasks: Sequence[VideoTask], report: ExtractReport) -> List[Tuple[str, str]]:
     """This run's inputs recorded as failed by an earlier run (kept failed on resume)."""
     from c3dfeat.store import FeatureFile
 
@@ -250,3 +248,8 @@ def _failed_before(output: PathLike, tasks: Sequence[VideoTask], report: Extract
     new = {vid for vid, _ in report.failed}
     with FeatureFile(Path(output)) as ff:
         return [(v, e) for v, e in ff.failed if v in mine and v not in new]
+
+
+# The first names of the two helpers above (c3dfeat.engines.ray imports them).
+_open_writer = open_run_writer
+_failed_before = failed_before
