@@ -9,7 +9,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Optional, Tuple, Union
 
-
 CheckpointFormat = Literal[
     "state_dict",  # torch.save of a plain state_dict (torchvision, ig65m, VMZ .pth, DavideA c3d.pickle)
     "pytorchvideo",  # torch.save of a dict whose "model_state" holds the state_dict (.pyth)

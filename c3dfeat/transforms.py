@@ -31,7 +31,7 @@ work); ``clip()`` gathers a clip's frames and applies step 4; ``__call__`` does 
 """
 from __future__ import annotations
 
-from typing import Any, List, Literal, Optional, Sequence, Tuple, Union
+from typing import List, Literal, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from c3dfeat.errors import ConfigError
 from c3dfeat.resize import resize_linear_uint8
+from c3dfeat.specs import Preprocessing
 
 __all__ = ["ClipTransform", "resized_size", "crop_offsets"]
 
@@ -87,7 +88,7 @@ class ClipTransform:
 
     def __init__(
         self,
-        preprocessing,
+        preprocessing: Preprocessing,
         mean_cube: Optional[np.ndarray] = None,
         crops: Crops = "center",
         quantize_resize: Optional[bool] = None,
@@ -135,7 +136,7 @@ class ClipTransform:
         self._cube_crops: dict = {}  # (H, W) of the resized frame -> (n_crops, 3, T, c, c)
 
     @staticmethod
-    def _check_resize_rule(pre: Any, quantize: bool, has_cube: bool) -> None:
+    def _check_resize_rule(pre: Preprocessing, quantize: bool, has_cube: bool) -> None:
         if pre.resize_backend not in ("torch", "opencv"):
             raise ConfigError(f"resize_backend must be 'torch' or 'opencv', got {pre.resize_backend!r}")
         if pre.resize_input not in ("pixels", "divided", "normalized"):
@@ -263,12 +264,15 @@ class ClipTransform:
     # ------------------------------------------------------------------ helpers
     def _cube_crop(self) -> torch.Tensor:
         """The cube cropped (and mirrored) like the frames, divided by std: (n_crops, 3, T, c, c)."""
-        key = tuple(self._cube.shape[2:])
+        cube = self._cube
+        if cube is None:
+            raise RuntimeError("_cube_crop called without a mean cube")
+        key = tuple(cube.shape[2:])
         if key not in self._cube_crops:
             c = self.crop_size
             crops = []
             for top, left, mirrored in crop_offsets(key[0], key[1], c, self.crops, self.pre.crop_rounding):
-                part = self._cube[:, :, top : top + c, left : left + c]
+                part = cube[:, :, top : top + c, left : left + c]
                 crops.append(part.flip(-1) if mirrored else part)
             self._cube_crops[key] = torch.stack(crops) / self._std
         return self._cube_crops[key]

@@ -6,28 +6,51 @@ eps and running stats matter), loads its state_dict into ours with strict=True, 
 clip and compares logits and the pooled feature within 1e-4. The ig65m-pytorch and VMZ builders
 are thin wrappers around torchvision's VideoResNet; they are rebuilt here from torchvision parts as
 models.md §4.2 / §5.2 and the manifests README describe (neither package is installable).
+
+The preprocessing tests feed the same uint8 frames to each reference pipeline's own transform
+(torchvision's VideoClassification preset, the pytorchvideo hub tutorial's transform) and to our
+ClipTransform, and require equal tensors, bit for bit.
+
+A missing reference FAILS these tests (it never skips them): a broken reference environment must
+not look green.
 """
 from __future__ import annotations
 
+import importlib
+import sys
+from types import ModuleType
+from typing import List, Tuple
+
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
 import c3dfeat
+from c3dfeat import get_spec
+from c3dfeat.transforms import ClipTransform
 
 pytestmark = pytest.mark.parity
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 
 
+def _reference(module: str) -> ModuleType:
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        pytest.fail(f"reference implementation missing ({e}); `make test-parity` installs torchvision "
+                    "and pytorchvideo into .venv-ref", pytrace=False)
+
+
 @pytest.fixture(scope="module")
 def tv():
-    return pytest.importorskip("torchvision.models.video.resnet")
+    return _reference("torchvision.models.video.resnet")
 
 
 @pytest.fixture(scope="module")
 def ptv_hub():
-    return pytest.importorskip("pytorchvideo.models.hub")
+    return _reference("pytorchvideo.models.hub")
 
 
 def _randomise(model: nn.Module, seed: int) -> nn.Module:
@@ -214,3 +237,59 @@ def test_pytorchvideo(ptv_hub, name, frames, crop):
     torch.testing.assert_close(out["pool5"], ref_pool5, **TOL)
     # and the head's own linear map of it is the logits (proj is linear, averaging commutes)
     torch.testing.assert_close(head.proj(ref_pool5), ref_logits, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------------- preprocessing, bit for bit
+
+# landscape, portrait, HD (our uint8-gather resize path), upscaled, no resize at all
+FRAME_SIZES: List[Tuple[int, int]] = [(240, 320), (360, 480), (720, 1280), (480, 360), (101, 77), (128, 171)]
+
+
+def _frames(hw: Tuple[int, int], n: int = 6) -> np.ndarray:
+    return np.random.default_rng(hw[0] * 7 + hw[1]).integers(0, 256, (n, *hw, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("hw", FRAME_SIZES)
+@pytest.mark.parametrize("name", ["r3d_18", "mc3_18", "r2plus1d_18"])
+def test_torchvision_preset_bit_for_bit(name, hw):
+    """weights.transforms() (VideoClassification: F.resize of the uint8 video, center_crop,
+    convert_image_dtype = x / 255, normalize) on a uint8 (T, C, H, W) video == ClipTransform."""
+    video = _reference("torchvision.models.video")
+    weights = {"r3d_18": video.R3D_18_Weights, "mc3_18": video.MC3_18_Weights,
+               "r2plus1d_18": video.R2Plus1D_18_Weights}[name].KINETICS400_V1
+    preset = weights.transforms()
+    pre = get_spec(name).preprocessing
+    assert (preset.resize_size, preset.crop_size) == (list(pre.resize), [pre.crop_size, pre.crop_size])
+    assert (tuple(preset.mean), tuple(preset.std)) == (pre.mean, pre.std)
+    frames = _frames(hw)
+    ref = preset(torch.from_numpy(frames).permute(0, 3, 1, 2))  # (C, T, H, W)
+    ours = ClipTransform(pre)(frames)[0]
+    assert torch.equal(ours, ref), f"max diff {(ours - ref).abs().max().item()}"
+
+
+@pytest.mark.parametrize("hw", FRAME_SIZES)
+@pytest.mark.parametrize("name", ["csn_r101", "r2plus1d_r50"])
+def test_pytorchvideo_transform_bit_for_bit(name, hw):
+    """The hub tutorial's transform (tutorials/torchhub_inference_tutorial.ipynb): x / 255.0,
+    NormalizeVideo, ShortSideScale(256) (float, no rounding), CenterCropVideo(256), on the
+    float32 (C, T, H, W) video EncodedVideo returns == ClipTransform."""
+    from torchvision.transforms import Compose, Lambda
+
+    tv_video = _reference("torchvision.transforms._transforms_video")
+    # pytorchvideo 0.1.5's augmentations module imports torchvision.transforms.functional_tensor,
+    # which torchvision renamed _functional_tensor (0.17); alias it (the usual fix) to import it
+    sys.modules.setdefault("torchvision.transforms.functional_tensor",
+                           _reference("torchvision.transforms._functional_tensor"))
+    ptv = _reference("pytorchvideo.transforms")
+    pre = get_spec(name).preprocessing
+    transform = Compose([
+        Lambda(lambda x: x / 255.0),
+        tv_video.NormalizeVideo(pre.mean, pre.std),
+        ptv.ShortSideScale(size=pre.resize),
+        tv_video.CenterCropVideo(pre.crop_size),
+    ])
+    frames = _frames(hw)
+    ref = transform(torch.from_numpy(frames).permute(3, 0, 1, 2).to(torch.float32))
+    ours = ClipTransform(pre)(frames)[0]
+    assert ours.shape == ref.shape
+    assert torch.equal(ours, ref), f"max diff {(ours - ref).abs().max().item()}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import cv2  # opencv-python-headless, a test extra (`make install`): missing, these tests fail
 import numpy as np
 import pytest
 import torch
@@ -11,8 +12,6 @@ import torch
 from c3dfeat import get_spec
 from c3dfeat.resize import opencv_linear_coefficients, resize_linear_uint8
 from c3dfeat.transforms import ClipTransform
-
-cv2 = pytest.importorskip("cv2", reason="opencv-python-headless is a test extra (pip install -e '.[test]')")
 
 C3D = get_spec("c3d").preprocessing
 

@@ -27,8 +27,9 @@ def coord_frames(n=1, h=128, w=171):
 
 
 def plain(pre, **kw):
-    """`pre` with unit scale, no mean/std: outputs are raw 0-255 pixel values."""
-    return dataclasses.replace(pre, **{"divide_by": 1.0, "mean": (0.0,) * 3, "std": (1.0,) * 3, "mean_cube": None, **kw})
+    """`pre` with no division, no mean/std: outputs are raw 0-255 pixel values."""
+    plain_values = {"divide_by": 1.0, "mean": (0.0,) * 3, "std": (1.0,) * 3, "mean_cube": None}
+    return dataclasses.replace(pre, **{**plain_values, **kw})
 
 
 def test_c3d_crop_is_caffe_floor_8_29_and_torchvision_rounds_to_8_30():
@@ -106,12 +107,102 @@ def test_resize_equals_torchvision_preset_arithmetic(rng):
     frames = rng.integers(0, 256, size=(3, 60, 80, 3), dtype=np.uint8)
     vid = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (T, C, H, W) as torchvision's read_video + permute
     ref = F.interpolate(vid.float(), size=(128, 171), mode="bilinear", align_corners=False).round()
-    ref = ref[:, :, 8:120, 30:142] / 255
+    ref = ref[:, :, 8:120, 30:142] / 255  # convert_image_dtype divides (x * (1/255) is 1 ulp off)
     mean = torch.tensor(R3D.mean).view(1, 3, 1, 1)
     std = torch.tensor(R3D.std).view(1, 3, 1, 1)
     ref = ((ref - mean) / std).permute(1, 0, 2, 3)  # (C, T, H, W)
     out = ClipTransform(R3D)(frames)[0]
-    torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+    assert torch.equal(out, ref)  # the preset itself: tests/test_parity.py
+
+
+KINETICS_MEAN = [0.43216, 0.394666, 0.37645]
+KINETICS_STD = [0.22803, 0.22145, 0.216989]
+
+
+@pytest.mark.parametrize("hw", [(240, 320), (101, 77), (720, 1280)])
+def test_ig65m_own_transform_arithmetic(hw, rng):
+    """ig65m/transforms.py (moabitcoin/ig65m-pytorch), rebuilt: ToTensor = float / 255.,
+    Rearrange to (C, T, H, W), Resize = F.interpolate(size=...) of that float video, CenterCrop
+    (round), Normalize = (video - mean) / std. No uint8 rounding anywhere."""
+    pre = get_spec("r2plus1d_34.ig65m_8f").preprocessing
+    assert (pre.resize_input, pre.quantize_resize, pre.divide_by) == ("divided", False, 255.0)
+    frames = rng.integers(0, 256, size=(4, *hw, 3), dtype=np.uint8)
+    video = (torch.from_numpy(frames).float() / 255.).permute(3, 0, 1, 2)
+    video = F.interpolate(video, size=pre.resize, mode="bilinear", align_corners=False)
+    video = video[..., 8:120, 30:142]  # ig65m CenterCrop: round((171 - 112) / 2) = 30 (spec: Caffe2's 29)
+    shape = (-1, 1, 1, 1)
+    ref = (video - torch.as_tensor(KINETICS_MEAN).reshape(shape)) / torch.as_tensor(KINETICS_STD).reshape(shape)
+    ours = ClipTransform(dataclasses.replace(pre, crop_rounding="round"))(frames)[0]
+    assert torch.equal(ours, ref)
+
+
+@pytest.mark.parametrize("hw", [(240, 320), (480, 360)])
+def test_vmz_own_transform_arithmetic(hw, rng):
+    """VMZ pt/vmz/common/transforms.py, rebuilt: ToTensorVideo = float().permute / 255.0,
+    Resize = F.interpolate of the float (C, T, H, W) clip, NormalizeVideo (sub_, div_),
+    CenterCropVideo. Checked on the CSN short-side-256 geometry."""
+    pre = get_spec("ir_csn_152").preprocessing
+    assert (pre.resize_input, pre.quantize_resize) == ("divided", False)
+    frames = rng.integers(0, 256, size=(3, *hw, 3), dtype=np.uint8)
+    clip = torch.from_numpy(frames).float().permute(3, 0, 1, 2) / 255.0
+    size = resized_size(hw[0], hw[1], pre.resize)
+    clip = F.interpolate(clip, size=size, mode="bilinear", align_corners=False)
+    mean = torch.as_tensor(KINETICS_MEAN)[:, None, None, None]
+    std = torch.as_tensor(KINETICS_STD)[:, None, None, None]
+    clip = clip.clone().sub_(mean).div_(std)
+    (top, left, _), = crop_offsets(size[0], size[1], 224, "center", pre.crop_rounding)
+    ref = clip[..., top : top + 224, left : left + 224]
+    assert torch.equal(ClipTransform(pre)(frames)[0], ref)
+
+
+def test_resize_rule_per_family():
+    """What each checkpoint's own pipeline resizes (docs/sampling.md §4)."""
+    rules = {name: (p.resize_backend, p.resize_input, p.quantize_resize, p.divide_by)
+             for name, p in [(n, get_spec(n).preprocessing) for n in
+                             ("c3d", "res3d_18", "r3d_18", "r2plus1d_34", "ir_csn_152", "csn_r101")]}
+    assert rules == {
+        "c3d": ("opencv", "pixels", True, 1.0),  # cv::resize on uint8, 0-255 units
+        "res3d_18": ("opencv", "pixels", True, 1.0),
+        "r3d_18": ("torch", "pixels", True, 255.0),  # F.resize of the uint8 video, then / 255
+        "r2plus1d_34": ("torch", "divided", False, 255.0),  # ig65m: / 255. first, float resize
+        "ir_csn_152": ("torch", "divided", False, 255.0),  # VMZ pt: ToTensorVideo first
+        "csn_r101": ("torch", "normalized", False, 255.0),  # pytorchvideo: normalize, then resize
+    }
+
+
+def test_resize_rule_conflicts_are_config_errors():
+    with pytest.raises(ConfigError, match="opencv resize works on uint8"):
+        ClipTransform(dataclasses.replace(C3D, resize_input="divided"))
+    with pytest.raises(ConfigError, match="quantize_resize rounds"):
+        ClipTransform(dataclasses.replace(R3D, resize_input="normalized"))
+    with pytest.raises(ConfigError, match="mean cube"):
+        pre = dataclasses.replace(C3D, resize_backend="torch", resize_input="normalized", quantize_resize=False)
+        ClipTransform(pre, mean_cube=np.zeros((3, 16, 128, 171), np.float32))
+
+
+def test_describe_names_the_resize_rule_so_old_files_are_not_resumed(tmp_path):
+    """The provenance (transform.describe(), stored per model) carries the resize rule and the
+    division: a file written before them (its record had `scale` and no rule) is refused on
+    resume instead of getting rows computed another way."""
+    from c3dfeat.errors import ProvenanceMismatchError
+    from c3dfeat.store import LayerInfo, ModelInfo, open_writer
+
+    d = ClipTransform(C3D).describe()
+    assert (d["resize_backend"], d["resize_input"], d["quantize_resize"], d["divide_by"]) == (
+        "opencv", "pixels", True, 1.0)
+    assert "scale" not in d
+    assert ClipTransform(get_spec("csn_r101").preprocessing).describe()["resize_input"] == "normalized"
+    old = {k: v for k, v in d.items() if k not in ("resize_backend", "resize_input", "divide_by")}
+    old["scale"] = 1.0  # what version-1 files recorded
+
+    def model(pre: dict) -> ModelInfo:
+        return ModelInfo("c3d", (LayerInfo("fc6", 4096, (4096,)),), clip_len=16, attrs={"preprocessing": pre})
+
+    path = tmp_path / "f.h5"
+    open_writer(path, [model(old)], {"models": ["c3d"]}).close()
+    with pytest.raises(ProvenanceMismatchError):
+        open_writer(path, [model(d)], {"models": ["c3d"]})
+    open_writer(path, [model(old)], {"models": ["c3d"]}).close()  # the same settings do resume
 
 
 def test_three_crops_along_the_long_side():
