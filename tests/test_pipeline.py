@@ -14,9 +14,12 @@ from c3dfeat.errors import ConfigError, ExtractInterrupted, NoVideosError
 from c3dfeat.models import get_spec, register_model
 from c3dfeat.models._registry import _REGISTRY
 from c3dfeat.pipeline import Progress, extract, scheduler as scheduler_module
+from c3dfeat.pipeline.api import resolve_tasks
 from c3dfeat.pipeline.batching import BatchRunner
 from c3dfeat.pipeline.decode import ClipReady, VideoStart, VideoTask, decode_video
 from c3dfeat.pipeline.plan import ModelRequest, prepare_model
+from c3dfeat.pipeline.report import ExtractReport
+from c3dfeat.pipeline.scheduler import LocalScheduler
 from c3dfeat.store import FeatureFile
 from c3dfeat.transforms import ClipTransform
 from tests._extract_tiny import tiny_models  # noqa: F401  (fixture)
@@ -202,14 +205,12 @@ def test_batch_runner_full_padded_batches_independent_of_companions():
     model = prepare_model(ModelRequest("tiny3d", ("conv", "input")), device=CPU, random_init=True)
     clips = _clips(7)
     runner = BatchRunner(model, 3, CPU)
-    buffer = runner._buffers[0].data_ptr()
     results = {}
     for k, c in enumerate(clips):
         if runner.add(k, c):
             results.update(runner.launch().collect())
     results.update(runner.launch().collect())  # the last, zero-padded batch
     assert runner.launch() is None and sorted(results) == list(range(7))
-    assert runner._buffers[0].data_ptr() == buffer  # one buffer, reused
     # the same clip with other companions, at another position: the same bits
     alone = BatchRunner(model, 3, CPU).compute([clips[6], clips[0]])
     for layer in ("conv", "input"):
@@ -292,3 +293,38 @@ def test_retry_failed_extracts_only_the_failed_videos_again(tmp_path):
         assert not ff.failed and sorted(ff.video_ids) == ["a.mp4", "b.mp4"]
         for vid in want.video_ids:
             np.testing.assert_array_equal(ff.clips(vid, "tiny3d", "conv"), want.clips(vid, "tiny3d", "conv"))
+
+
+class _ListWriter:
+    """A writer that keeps what it is given (the scheduler's only output)."""
+
+    def __init__(self):
+        self.videos = []
+
+    def add_video(self, record, results):
+        self.videos.append((record, results))
+
+
+def test_scheduler_commits_in_input_order_whatever_finishes_first(tmp_path):
+    d = tmp_path / "in"
+    make_video(d / "a_long.mp4", 60, size=(32, 32))  # decoded by one worker while the other does b..d
+    for name in ("b", "c", "d"):
+        make_video(d / f"{name}.mp4", 5, size=(32, 32))
+    make_broken(d, "text")
+    tasks, _ = resolve_tasks([d])
+    models = [prepare_model(ModelRequest("tiny3d", ("conv",)), device=CPU, random_init=True),
+              prepare_model(ModelRequest("tiny3d_id", ("pool",)), device=CPU, random_init=True,
+                            sampling_overrides={"stride": 3})]
+    writer, report = _ListWriter(), ExtractReport(output=tmp_path / "unused.h5", total=len(tasks))
+    LocalScheduler(tasks, models, writer, report, batch_size=4, workers=2).run()
+    assert [r.id for r, _ in writer.videos] == [t.id for t in tasks]  # sorted ids, input order
+    assert (report.ok, [v for v, _ in report.failed]) == (4, ["text.mp4"])
+    for record, results in writer.videos:
+        if record.status == "failed":
+            assert results == {} and record.error
+            continue
+        for model in models:
+            res = results[model.key]
+            n = len(res.clips.start_frame)
+            assert n > 0 and all(f.shape[0] == n for f in res.features.values())
+    assert report.clips == sum(len(res.clips.start_frame) for _, r in writer.videos for res in r.values())
