@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import math
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, List, Optional, Sequence
 
@@ -99,9 +100,11 @@ def sweep_figure(sweep: "PCASweep", *, full: Optional["EvalResult"] = None, full
     ax.xaxis.set_major_formatter(FixedFormatter([str(d) for d in dims]))
     ax.xaxis.set_minor_locator(NullLocator())
     top = max([m + s for m, s in zip(means, np.nan_to_num(stds))] + [full.mean_top1 if full else 0.0])
-    ax.set_ylim(max(0.0, min(means + [100.0]) - 10.0) if means else 0.0, min(100.0, top + 5.0))
+    # 101: a bar capped at 100 % stays visible above the axis line
+    ax.set_ylim(max(0.0, min(means + [100.0]) - 10.0) if means else 0.0, min(101.0, top + 5.0))
     ax.set_xlabel("PCA dimensions")
     ax.set_ylabel("top-1 accuracy (%)")
+    caption = "\n".join(textwrap.wrap(caption, 110))
     ax.set_title((title or "Linear SVM accuracy vs. PCA dimensions") + (f"\n{caption}" if caption else ""),
                  fontsize=10)
     ax.grid(True, alpha=0.3)
