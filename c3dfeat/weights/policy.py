@@ -39,7 +39,8 @@ def mirror_from(value: Optional[str]) -> Optional[str]:
     if not raw:
         return None
     if urllib.parse.urlsplit(raw).scheme not in ("http", "https", "file", "ftp"):
-        raise ConfigError(f"weights mirror {raw!r} is not a URL (http://, https://, file:// or ftp://)")
+        raise ConfigError(f"weights mirror {raw!r} is not a URL (http://, https://, file:// or ftp://); "
+                          "a directory of weights files goes into C3DFEAT_WEIGHTS instead")
     return raw.rstrip("/")
 
 
