@@ -6,10 +6,10 @@ clip table under ``/models/<key>/clips`` and the features of each layer under
 
 Modules: ``schema`` (names, records, provenance, layout), ``files`` (lock, opening),
 ``recovery`` (killed writers: superblock flag, cutting uncommitted rows, repair), ``writer``,
-``reader``, ``merge`` (bulk row copies), ``export``, ``summary``.
+``reader``, ``bulk`` (row copies in large slices: merge), ``exports``, ``summary``.
 """
-from c3dfeat.store.export import export
-from c3dfeat.store.merge import merge
+from c3dfeat.store.exports import export
+from c3dfeat.store.bulk import merge
 from c3dfeat.store.reader import FeatureFile
 from c3dfeat.store.recovery import _lookup3, recover_file, repair
 from c3dfeat.store.schema import (

