@@ -168,7 +168,7 @@ def test_error_page_instead_of_a_no_hash_file_is_refused(tiny_w, server, isolate
     """Without a published hash only the format can tell: an HTML page served with 200 (what file
     hosts send for a missing file) is not a state_dict and never gets a record."""
     server.routes[f"/mirror/{WEIGHTS_FILE}"] = ("ok", b"<!DOCTYPE html><html><body>quota exceeded</body></html>")
-    with pytest.raises(ChecksumError, match=r"not a state_dict file \(unknown\)"):
+    with pytest.raises(ChecksumError, match=r"not a state_dict file \(no known checkpoint format"):
         create_model(NAME, pretrained=True, weights_mirror=server.url + "/mirror")
     assert all_files(isolated) == []
 

@@ -143,10 +143,10 @@ def _check_format(path: Path, ckpt: Checkpoint, url: str) -> None:
     from c3dfeat.weights.formats import detect_format, format_family
 
     try:
-        found = detect_format(path)
+        found = f"they look like {detect_format(path)}"
     except WeightsError:
-        found = "unknown"
-    if found != format_family(ckpt.format):
+        found = "no known checkpoint format (an error page?)"
+    if found != f"they look like {format_family(ckpt.format)}":
         raise ChecksumError(f"{url}: the downloaded bytes are not a {ckpt.format} file ({found})")
 
 
