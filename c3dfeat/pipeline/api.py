@@ -6,6 +6,7 @@ import os
 import shlex
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -147,6 +148,7 @@ def extract(
         Anything else is a bug: it propagates with its traceback (committed videos stay).
     """
     if crop is not None:
+        warnings.warn("extract(crop=...) is now crops=...", DeprecationWarning, stacklevel=2)
         crops = crop
     if engine not in ENGINES:
         raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")

@@ -65,20 +65,3 @@ class Progress:
     @property
     def clips_per_second(self) -> float:
         return self.clips_done / self.elapsed if self.elapsed > 0 else 0.0
-
-    # Names of the first Progress (one event per commit), kept while callers move over.
-    @property
-    def done(self) -> int:
-        return self.videos_done
-
-    @property
-    def total(self) -> int:
-        return self.videos_total
-
-    @property
-    def clips(self) -> int:
-        return self.clips_done
-
-    @property
-    def last_id(self) -> str:
-        return self.current
