@@ -53,6 +53,10 @@ def _svm(kw: Dict[str, Any]) -> Any:
                       kw["seed"])
 
 
+def _source(run: Any) -> str:
+    return run.protocol.source if run.protocol is not None else "labels from the file"
+
+
 def _err(msg: str) -> None:
     click.echo(msg, err=True)
 
@@ -72,7 +76,7 @@ def _print_eval(run) -> None:
 
     r = run.result
     t = Table(title=f"linear SVM on {r.extra.get('model')}/{r.extra.get('layer')} "
-                    f"({r.norm}, {r.solver}) — {run.protocol.source}")
+                    f"({r.norm}, {r.solver}) — {_source(run)}")
     for col in ("split", "train", "test", "C", "top-1 %", "mean class %", "s"):
         t.add_column(col, justify="right" if col != "split" else "left")
     for s in r.splits:
@@ -88,7 +92,7 @@ def _print_fusion(run) -> None:
 
     d = run.result.to_dict()
     names = d["modalities"]
-    t = Table(title=f"fusion — {run.protocol.source}")
+    t = Table(title=f"fusion — {_source(run)}")
     t.add_column("split")
     for n in names:
         t.add_column(f"{n} %", justify="right")
@@ -198,7 +202,7 @@ def pca_command(feats: Optional[str], dims: Sequence[int], out: Optional[str], o
     if as_json:
         click.echo(json.dumps(run.result.to_dict(), indent=2))
         return
-    t = Table(title=f"PCA + linear SVM on {run.features.name} — {run.protocol.source}")
+    t = Table(title=f"PCA + linear SVM on {run.features.name} — {_source(run)}")
     for col in ("dims", "explained variance %", "top-1 %", "mean class %", "C per split"):
         t.add_column(col, justify="right")
     for row in run.result.rows:

@@ -120,15 +120,12 @@ def models_command(as_json: bool, weights_dir: Optional[Path], pattern: str) -> 
     from rich.table import Table
 
     table = Table(title="c3dfeat models", show_lines=True)
-    for col, kw in [
-        ("model", {"style": "bold"}),
-        ("checkpoints (classes, weights here?)", {}),
-        ("clip", {}),
-        ("layers (dim)", {}),
-        ("params", {"justify": "right"}),
-        ("GFLOPs/clip", {"justify": "right"}),
-    ]:
-        table.add_column(col, **kw)
+    table.add_column("model", style="bold")
+    table.add_column("checkpoints (classes, weights here?)")
+    table.add_column("clip")
+    table.add_column("layers (dim)")
+    table.add_column("params", justify="right")
+    table.add_column("GFLOPs/clip", justify="right")
     for info in infos:
         ckpts = "\n".join(
             f"{'*' if c['default'] else ' '}{c['tag']} ({c['classes']}, {_present(c['present'])})"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -63,8 +63,8 @@ class Run:
     """What a command evaluated: the features, the protocol and the result."""
 
     features: VideoFeatures
-    protocol: Protocol
-    result: object
+    protocol: Optional[Protocol]  # None: t-SNE without --dataset/--labels (labels from the file)
+    result: Any  # EvalResult, PCASweep, FusionResult or the (n, 2) embedding
     notes: list = field(default_factory=list)
 
 

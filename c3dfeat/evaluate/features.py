@@ -71,7 +71,8 @@ def load_features(path: str | Path, model: Optional[str] = None,
             raise EvalError(f"{p} has no successfully extracted video for {model}/{layer}")
         table = ff.videos()
         row = {vid: i for i, vid in enumerate(table["id"])}
-        labels = [table["label"][row[v]] or None for v in ids] if "label" in table else [None] * len(ids)
+        labels: List[Optional[str]] = (
+            [table["label"][row[v]] or None for v in ids] if "label" in table else [None] * len(ids))
         return VideoFeatures(p, model, layer, list(ids), np.asarray(X, dtype=np.float32), labels,
                              ff.provenance, ff.random_init)
 
