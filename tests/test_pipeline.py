@@ -65,6 +65,7 @@ def test_bug_in_transform_stops_the_run_committed_videos_stay(tmp_path, videos, 
         assert f["committed"][0] == 2
     with FeatureFile(out) as ff:
         assert ff.video_ids == ["a.mp4", "b.mp4"] and not ff.failed  # a bug is not a failed video
+        assert ff.state == "incomplete"
     monkeypatch.setattr(ClipTransform, "frames", original)
     rep = _run(videos, out, workers=1, batch_size=1)  # fixed: the same command resumes
     assert (rep.skipped, rep.ok) == (2, 1)
@@ -135,8 +136,12 @@ def test_ctrl_c_closes_the_file_and_reports_what_was_saved(tmp_path, videos):
     assert "1 videos saved" in str(e.value) and "resume" in str(e.value)
     with h5py.File(out, "r") as f:
         assert f["committed"][0] == 1
+    with FeatureFile(out) as ff:
+        assert ff.state == "incomplete" and "resume" in ff.state_reason
     rep = _run(videos, out)
     assert (rep.skipped, rep.ok) == (1, 2)
+    with FeatureFile(out) as ff:
+        assert ff.state == "complete"
     ref = tmp_path / "ref.h5"
     _run(videos, ref)
     with FeatureFile(out) as a, FeatureFile(ref) as b:

@@ -228,8 +228,9 @@ def extract(
             interrupted = True
         report.run_seconds = time.monotonic() - t_run
     finally:
-        saved = int(getattr(writer, "num_videos", 0))
-        writer.close()
+        saved = int(writer.num_videos)
+        # "complete" only when every video of the run is in; a bug propagating marks it too
+        writer.close(complete=None if not interrupted else False)
     report.seconds = time.monotonic() - t0
     if interrupted:
         raise ExtractInterrupted(
