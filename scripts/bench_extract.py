@@ -1,17 +1,24 @@
 #!/usr/bin/env python
 """Benchmark `c3dfeat extract`: model-only vs end-to-end clips/s, and peak RSS vs video length.
 
-    .venv/bin/python scripts/bench_extract.py                       # C3D, batch 8, CPU
+    .venv/bin/python scripts/bench_extract.py                       # C3D, default batch, CPU
     .venv/bin/python scripts/bench_extract.py --videos ../shared/videos --model r2plus1d_18
+    .venv/bin/python scripts/bench_extract.py --decode-bound 3          # 1 vs 2 decode workers
+    .venv/bin/python scripts/bench_extract.py --allocator-ab 2          # mallopt on vs off
 
 Measures, for one model and batch size:
-1. model-only clips/s: forward passes on random clips of the model's input size (no decoding);
+1. model-only clips/s (the ceiling): the pipeline's own batch runner on random clips, with the
+   pipeline's allocator and layout settings (no decoding);
 2. end-to-end clips/s: `c3dfeat.extract` over the sample videos (decode + transform + model +
    HDF5 commits, the pipeline's own time, excluding model construction);
 3. end-to-end clips/s and peak RSS (ru_maxrss of a fresh subprocess) on synthetic 640x360
    videos of 30 s and 5 min (generated once into --cache-dir).
 
-Targets on a CPU with C3D: end-to-end >= 0.9 x model-only; peak RSS of the 5-minute video within
+--decode-bound replaces the model by one that does no work (C3D's sampling and preprocessing):
+decode + sampling + transform + batching + store, the most a GPU could be fed per worker.
+--allocator-ab compares glibc's defaults with `configure_allocator()` (system CPU, page faults).
+
+Targets on a CPU with C3D: end-to-end >= 0.95 x model-only; peak RSS of the 5-minute video within
 10 % of the 30-second one and under 1.5 GiB. Without pretrained weights it uses --random-init
 (same arithmetic, meaningless features). Not a test: numbers depend on the machine and its load.
 """
@@ -20,11 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -62,59 +71,110 @@ def synth_video(path: Path, seconds: float, fps: int = 30, size=(360, 640)) -> P
 
 
 def model_only(model: str, batch: int, batches: int, device: str, random_init: bool) -> float:
+    """Clips/s of the pipeline's own batch runner on random clips: the ceiling of extraction
+    (same network, layout, allocator, padding and copies as `extract`; no decoding)."""
     import torch
 
-    from c3dfeat.pipeline import ModelRequest
-    from c3dfeat.pipeline.plan import pick_device, prepare_model
-    from c3dfeat.models import extract_layers
+    from c3dfeat.pipeline.batching import BatchRunner
+    from c3dfeat.pipeline.plan import ModelRequest, pick_device, prepare_model
+    from c3dfeat.runtime import configure_allocator
 
+    configure_allocator()
     dev = pick_device(device)
-    m = prepare_model(ModelRequest(model), random_init=random_init, device=dev)
-    t, c = m.sampling.clip_len, m.transform.crop_size
-    x = torch.randn(batch, 3, t, c, c).to(dev)
-    extract_layers(m.net, x, m.layers)  # warm-up
+    m = prepare_model(ModelRequest(model), device=dev, random_init=random_init)
+    runner = BatchRunner(m, batch, dev)
+    clips = [torch.randn(m.clip_shape) for _ in range(batch)]
+    runner.compute(clips)  # warm-up
     if dev.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(batches):
-        extract_layers(m.net, x, m.layers)
+        runner.compute(clips)
     if dev.type == "cuda":
         torch.cuda.synchronize()
     return batch * batches / (time.perf_counter() - t0)
 
 
+NULL_MODEL = "null_c3d"
+
+
+def register_null_model() -> str:
+    """Register `null_c3d`: C3D's sampling and preprocessing (16 frames every 8, 112x112 crops)
+    and a network that does no work (zeros for fc6), so extract measures everything else:
+    decode + sampling + transform + batching + store."""
+    import dataclasses
+
+    import torch
+    import torch.nn as nn
+
+    from c3dfeat.models import get_spec, register_model
+    from c3dfeat.models._registry import _REGISTRY
+
+    class NullNet(nn.Module):
+        def __init__(self, num_classes: int = 487) -> None:
+            super().__init__()
+            self.anchor = nn.Parameter(torch.zeros(1))  # a parameter, so the model has a device
+
+        def forward_layers(self, x, layers):
+            return {name: x.new_zeros((x.shape[0], 4096)) for name in layers}
+
+    if NULL_MODEL not in _REGISTRY:
+        c3d = get_spec("c3d")
+        fc6 = c3d.layer("fc6")
+        register_model(dataclasses.replace(
+            c3d, name=NULL_MODEL, builder=NullNet, checkpoints=(), checkpoint=None, layers=(fc6,),
+            default_layer="fc6", preprocessing=dataclasses.replace(c3d.preprocessing, mean_cube=None),
+            description="benchmark only: C3D's input pipeline, no network"))
+    return NULL_MODEL
+
+
 _CHILD = """
 import json, resource, sys
 sys.path.insert(0, {repo!r})
+sys.path.insert(0, {scripts!r})
 from c3dfeat.pipeline import extract
 kw = json.loads(sys.argv[1])
+if kw.pop("null_model", False):
+    from bench_extract import register_null_model
+    kw["models"] = [register_null_model()]
 r = extract(**kw)
+ru = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({{"clips": r.clips, "run_seconds": r.run_seconds, "ok": r.ok, "failed": len(r.failed),
-                  "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}}))
+                  "maxrss_kib": ru.ru_maxrss, "user_s": ru.ru_utime, "sys_s": ru.ru_stime,
+                  "minor_faults": ru.ru_minflt}}))
 """
 
 
-def end_to_end(inputs, out: Path, **kw) -> dict:
-    """Run extract in a fresh subprocess (so ru_maxrss is this run's peak)."""
+def end_to_end(inputs, out: Path, env: Optional[Dict[str, str]] = None, **kw) -> dict:
+    """Run extract in a fresh subprocess (so ru_maxrss, CPU times and page faults are this run's)."""
     args = dict(inputs=[str(i) for i in inputs], output=str(out), overwrite=True, **kw)
-    p = subprocess.run([sys.executable, "-c", _CHILD.format(repo=str(REPO)), json.dumps(args)],
-                       capture_output=True, text=True)
+    child = _CHILD.format(repo=str(REPO), scripts=str(REPO / "scripts"))
+    p = subprocess.run([sys.executable, "-c", child, json.dumps(args)], capture_output=True, text=True,
+                       env={**os.environ, **(env or {})})
     if p.returncode != 0:
         raise SystemExit(f"extract failed:\n{p.stderr[-3000:]}")
     r = json.loads(p.stdout.strip().splitlines()[-1])
     r["clips_per_s"] = r["clips"] / r["run_seconds"] if r["run_seconds"] else 0.0
     r["peak_rss_mib"] = r["maxrss_kib"] / 1024
+    r["sys_over_user"] = r["sys_s"] / r["user_s"] if r["user_s"] else 0.0
+    r["load"] = os.getloadavg()[0]
     return r
+
+
+def _line(label: str, r: dict) -> str:
+    return (f"{label}: {r['clips']} clips, {r['clips_per_s']:.3f} clips/s, peak RSS {r['peak_rss_mib']:.0f} MiB, "
+            f"user {r['user_s']:.1f} s, sys {r['sys_s']:.1f} s ({100 * r['sys_over_user']:.0f} %), "
+            f"{r['minor_faults'] / 1e6:.2f} M minor faults, load {r['load']:.1f}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--videos", type=Path, default=REPO.parent / "shared" / "videos")
     ap.add_argument("--model", default="c3d")
-    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=None, help="default: c3dfeat.runtime.default_batch_size")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--decoder", default="pyav", choices=["pyav", "decord"])
+    ap.add_argument("--decoder", default="pyav", choices=["pyav", "decord", "torchcodec"])
     ap.add_argument("--model-batches", type=int, default=4, help="timed batches for model-only")
     ap.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "c3dfeat-bench")
     ap.add_argument("--long-stride", type=int, default=None,
@@ -122,47 +182,81 @@ def main() -> None:
                          "keeps CPU runs short — every frame is still decoded)")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: model,videos,long")
     ap.add_argument("--weights", action="store_true", help="use pretrained weights (default: --random-init)")
+    ap.add_argument("--allocator-ab", type=int, default=0, metavar="N",
+                    help="instead: N rounds of end to end on --videos alternating C3DFEAT_MALLOC=system and "
+                         "the default (CPU time, system time, page faults per run)")
+    ap.add_argument("--decode-bound", type=int, default=0, metavar="N",
+                    help="instead: N rounds of the decode-bound run (a C3D-shaped model that does no work) "
+                         "alternating --decode-workers")
+    ap.add_argument("--decode-workers", default="1,2", help="worker counts for --decode-bound")
     args = ap.parse_args()
+    from c3dfeat.runtime import default_batch_size
+
+    batch = args.batch_size or default_batch_size(args.device, args.model)
     skip = set(filter(None, args.skip.split(",")))
     random_init = not args.weights
-    common = dict(models=[args.model], batch_size=args.batch_size, workers=args.workers, device=args.device,
+    common = dict(models=[args.model], batch_size=batch, workers=args.workers, device=args.device,
                   random_init=random_init, decoder=args.decoder)
-    res: dict = {"model": args.model, "batch_size": args.batch_size, "workers": args.workers, "device": args.device,
+    out = args.cache_dir / "bench.h5"
+    args.cache_dir.mkdir(parents=True, exist_ok=True)
+    print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
+
+    if args.decode_bound:
+        counts = [int(w) for w in args.decode_workers.split(",")]
+        runs: Dict[int, List[float]] = {w: [] for w in counts}
+        for _ in range(args.decode_bound):
+            for w in counts:  # alternating: load drift hits every count alike
+                r = end_to_end([args.videos], out, **dict(common, workers=w, null_model=True, models=[]))
+                runs[w].append(r["clips_per_s"])
+                print(_line(f"decode-bound, {w} worker(s)", r), flush=True)
+        med = {w: statistics.median(v) for w, v in runs.items()}
+        for w in counts:
+            print(f"decode-bound {w} worker(s): median {med[w]:.1f} clips/s "
+                  f"({med[w] / med[counts[0]]:.2f}x {counts[0]} worker(s))")
+        print(f"load average at the end: {os.getloadavg()[0]:.2f}")
+        return
+    if args.allocator_ab:
+        for _ in range(args.allocator_ab):
+            for label, env in (("C3DFEAT_MALLOC=system", {"C3DFEAT_MALLOC": "system"}),
+                               ("configure_allocator (default)", {"C3DFEAT_MALLOC": ""})):
+                print(_line(f"{label}", end_to_end([args.videos], out, env=env, **common)), flush=True)
+        print(f"load average at the end: {os.getloadavg()[0]:.2f}")
+        return
+
+    res: dict = {"model": args.model, "batch_size": batch, "workers": args.workers, "device": args.device,
                  "decoder": args.decoder, "random_init": random_init, "long_stride": args.long_stride}
     import torch
 
     res["torch_threads"] = torch.get_num_threads()
-    out = args.cache_dir / "bench.h5"
-    args.cache_dir.mkdir(parents=True, exist_ok=True)
     if "model" not in skip:
-        res["model_only_clips_per_s"] = model_only(args.model, args.batch_size, args.model_batches, args.device,
-                                                   random_init)
-        print(f"model-only: {res['model_only_clips_per_s']:.3f} clips/s", flush=True)
+        res["model_only_clips_per_s"] = model_only(args.model, batch, args.model_batches, args.device, random_init)
+        print(f"model-only (ceiling): {res['model_only_clips_per_s']:.3f} clips/s", flush=True)
     if "videos" not in skip:
         r = end_to_end([args.videos], out, **common)
         res["shared_videos"] = r
-        print(f"end-to-end {args.videos}: {r['clips']} clips, {r['clips_per_s']:.3f} clips/s, "
-              f"peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
+        print(_line(f"end-to-end {args.videos}", r), flush=True)
     if "long" not in skip:
         kw = dict(common, stride=args.long_stride) if args.long_stride else common
         for name, secs in (("30s", 30), ("5min", 300)):
             v = synth_video(args.cache_dir / f"synth_640x360_{name}.mp4", secs)
             r = end_to_end([v], out, **kw)
             res[f"synthetic_{name}"] = r
-            print(f"end-to-end synthetic {name} 640x360: {r['clips']} clips, {r['clips_per_s']:.3f} clips/s, "
-                  f"peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
+            print(_line(f"end-to-end synthetic {name} 640x360", r), flush=True)
     if "model" not in skip:
         # Again after the end-to-end runs: on a shared machine the load drifts; the ratio uses the mean.
-        again = model_only(args.model, args.batch_size, args.model_batches, args.device, random_init)
+        again = model_only(args.model, batch, args.model_batches, args.device, random_init)
         res["model_only_clips_per_s_before_after"] = [res["model_only_clips_per_s"], again]
         res["model_only_clips_per_s"] = (res["model_only_clips_per_s"] + again) / 2
-        print(f"model-only (again): {again:.3f} clips/s", flush=True)
+        print(f"model-only (ceiling, again): {again:.3f} clips/s", flush=True)
     if "model_only_clips_per_s" in res:
         for k in ("shared_videos", "synthetic_5min"):
             if k in res:
                 res[f"{k}_ratio"] = res[k]["clips_per_s"] / res["model_only_clips_per_s"]
+                print(f"{k}: end to end = {res[f'{k}_ratio']:.2f} x the model-only ceiling")
     if "synthetic_30s" in res and "synthetic_5min" in res:
         res["rss_5min_over_30s"] = res["synthetic_5min"]["peak_rss_mib"] / res["synthetic_30s"]["peak_rss_mib"]
+        print(f"peak RSS 5 min / 30 s: {res['rss_5min_over_30s']:.2f}")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     print(json.dumps(res, indent=2))
 
 
