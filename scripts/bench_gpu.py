@@ -181,7 +181,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                       f"{r['clips_per_s']:.1f} clips/s", flush=True)
 
     print()
-    header = f"{'what':<22} {'model':<12} {'dtype':<5} {'batch':>5} {'clips/s':>9} {'GPU GiB':>8} {'x model':>8}  decoder"
+    header = (f"{'what':<22} {'model':<12} {'dtype':<5} {'batch':>5} {'clips/s':>9} {'GPU GiB':>8} "
+              f"{'x model':>8}  decoder")
     print(header)
     print("-" * len(header))
     for r in rows:

@@ -10,8 +10,9 @@
 Same settings as the pipeline: `configure_allocator()` and `extract_layers` with the model's
 inference layout; both layouts alternate run by run and `*` marks the model's default
 (c3dfeat/models/_layout.py), whose figure is printed at the end as the ceiling. Random weights
-(the arithmetic cost does not depend on them), the model's canonical clip (`c3dfeat models`). GFLOP/s counts 2 FLOPs per multiply-add
-(torch.utils.flop_counter). The machine's load average is printed: other processes skew results.
+(the arithmetic cost does not depend on them), the model's canonical clip (`c3dfeat models`).
+GFLOP/s counts 2 FLOPs per multiply-add (torch.utils.flop_counter). The machine's load average
+is printed: other processes skew results.
 """
 from __future__ import annotations
 
