@@ -47,7 +47,7 @@ def make_shard(path: Path, k: int, n_shards: int, n_total: int, clips: int, dim:
     with h5py.File(path, "w", libver="latest") as f:
         create_layout(f, [model], prov, "float32", {"command_line": "bench", "shard": f"{k + 1}/{n_shards}"})
         v = f["videos"]
-        for name, ds in v.items():
+        for ds in v.values():
             ds.resize(n, axis=0)
         v["id"][:] = np.array([f"class_{i % 101:03d}/v_{i:07d}.mp4" for i in rows], dtype=object)
         v["path"][:] = np.array([f"/data/class_{i % 101:03d}/v_{i:07d}.mp4" for i in rows], dtype=object)
@@ -65,7 +65,7 @@ def make_shard(path: Path, k: int, n_shards: int, n_total: int, clips: int, dim:
         g["videos/clip_offset"].resize(n, axis=0)
         g["videos/num_clips"][:] = clips
         g["videos/clip_offset"][:] = np.arange(n) * clips
-        for name, ds in g["clips"].items():
+        for ds in g["clips"].values():
             ds.resize(m, axis=0)
         g["clips/video_index"][:] = np.repeat(np.arange(n), clips)
         sf = np.tile(np.arange(clips) * 16, n)
@@ -150,7 +150,8 @@ def main() -> None:
             t, cpu = time.perf_counter(), time.process_time()
             n = merge_video_by_video(paths, work / "baseline.h5", args.baseline)
             dt_b, dcpu = time.perf_counter() - t, time.process_time() - cpu
-            print(f"video-by-video merge: {n} videos in {dt_b:.1f} s wall ({dcpu:.1f} s CPU) = {n / dt_b:,.0f} videos/s "
+            print(f"video-by-video merge: {n} videos in {dt_b:.1f} s wall ({dcpu:.1f} s CPU) = "
+                  f"{n / dt_b:,.0f} videos/s "
                   f"(slice merge is {rate / (n / dt_b):.0f}x faster); extrapolated 1 M videos: "
                   f"{1e6 / (n / dt_b) / 3600:.1f} h")
     finally:

@@ -69,7 +69,8 @@ def videos(tmp_path_factory):
     return d
 
 
-def test_sigkill_at_several_points_then_resume_equals_uninterrupted(tmp_path, videos, tiny_models):
+@pytest.mark.usefixtures("tiny_models")
+def test_sigkill_at_several_points_then_resume_equals_uninterrupted(tmp_path, videos):
     from c3dfeat.pipeline import extract
 
     ref = tmp_path / "ref.h5"

@@ -265,7 +265,8 @@ def test_second_writer_on_the_same_file_is_refused(tmp_path):
 def _merge_video_by_video(paths, out):
     """The reference: read every video through FeatureFile and append it, in input order."""
     files = [FeatureFile(p) for p in paths]
-    order = sorted((int(ff.videos()["input_index"][i]), n, i) for n, ff in enumerate(files) for i in range(ff.num_videos))
+    order = sorted((int(ff.videos()["input_index"][i]), n, i)
+                   for n, ff in enumerate(files) for i in range(ff.num_videos))
     ref = files[0]
     models = [ref.model_info(k) for k in ref.models]
     with open_writer(out, models, json.loads(ref.h5.attrs["provenance"]), storage_dtype=ref.storage_dtype) as w:

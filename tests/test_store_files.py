@@ -25,7 +25,7 @@ from c3dfeat.store import (
     open_writer,
     repair,
 )
-from tests.test_store import MODELS, PROV, _run_and_kill, _video, _WRITER
+from tests.test_store import _WRITER, MODELS, PROV, _run_and_kill, _video
 
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).resolve().parents[1]
@@ -219,7 +219,8 @@ def test_export_npy_npz_csv_with_ids_and_clips(tmp_path):
     assert [int(r["clip"]) for r in rows] == [c for v in ids for c in range(len(ff.clips(v, "m", "a")))]
     st = np.concatenate([ff.clip_info(v, "m")["start_time"] for v in ids])
     np.testing.assert_array_equal([float(r["start_time"]) for r in rows], st)
-    assert [int(r["start_frame"]) for r in rows] == list(np.concatenate([ff.clip_info(v, "m")["start_frame"] for v in ids]))
+    sf = np.concatenate([ff.clip_info(v, "m")["start_frame"] for v in ids])
+    assert [int(r["start_frame"]) for r in rows] == list(sf)
     # .npz, the crops-kept layer
     z = np.load(export(p, tmp_path / "x.npz", layer="b", clips=True))
     np.testing.assert_array_equal(z["X"], ff.video_matrix("m", "b")[1])

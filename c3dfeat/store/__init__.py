@@ -8,10 +8,10 @@ Modules: ``schema`` (names, records, provenance, layout), ``files`` (lock, openi
 ``recovery`` (killed writers: superblock flag, cutting uncommitted rows, repair), ``writer``,
 ``reader``, ``bulk`` (row copies in large slices: merge), ``exports``, ``summary``.
 """
-from c3dfeat.store.exports import export
 from c3dfeat.store.bulk import merge
+from c3dfeat.store.exports import export
 from c3dfeat.store.reader import FeatureFile
-from c3dfeat.store.recovery import _lookup3, recover_file, repair
+from c3dfeat.store.recovery import _lookup3 as _lookup3, recover_file, repair
 from c3dfeat.store.schema import (
     FORMAT,
     FORMAT_VERSION,

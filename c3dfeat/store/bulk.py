@@ -223,11 +223,11 @@ def merge(
     out = Path(out)
     if out.exists() and not overwrite:
         raise StoreError(f"{out} exists; remove it or pass --overwrite")
-    paths = [Path(p) for p in paths]
+    inputs = [Path(p) for p in paths]
     files, rows, index = [], [], []
     seen: Dict[str, Path] = {}
     ref_prov: Dict[str, Any] = {}
-    for k, p in enumerate(paths):
+    for k, p in enumerate(inputs):
         with open_read(p) as f:
             if f.attrs.get("format") is None or "committed" not in f:
                 raise StoreError(f"{p} is not a c3dfeat feature file")
@@ -239,7 +239,7 @@ def merge(
                 diff = provenance_diff(ref_prov, prov)
                 if diff or [m.key for m in infos] != [m.key for m in ref_infos]:
                     raise ProvenanceMismatchError(
-                        f"cannot merge {p} with {paths[0]}: made with different settings:\n  "
+                        f"cannot merge {p} with {inputs[0]}: made with different settings:\n  "
                         + "\n  ".join(diff[:20] or [f"models {[m.key for m in ref_infos]} != {[m.key for m in infos]}"])
                     )
             n = int(f["committed"][0])
@@ -254,7 +254,7 @@ def merge(
     file_of, row_of, input_index = np.concatenate(files), np.concatenate(rows), np.concatenate(index)
     order = np.lexsort((row_of, file_of, input_index))
     run_attrs = dict(ref_f["run_attrs"], created_utc=_utcnow(), shard="")
-    return copy_rows(paths, file_of[order], row_of[order], out, ref_infos, ref_prov, run_attrs,
+    return copy_rows(inputs, file_of[order], row_of[order], out, ref_infos, ref_prov, run_attrs,
                      ref_f["storage_dtype"], block_bytes=block_bytes)
 
 

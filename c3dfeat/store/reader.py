@@ -130,7 +130,7 @@ class FeatureFile:
 
     # -- video table ----------------------------------------------------------
     def _col(self, name: str) -> np.ndarray:
-        return self._f[f"videos/{name}"][: self.num_videos]
+        return np.asarray(self._f[f"videos/{name}"][: self.num_videos])
 
     @property
     def video_ids(self) -> List[str]:
@@ -139,7 +139,7 @@ class FeatureFile:
     @property
     def status(self) -> np.ndarray:
         """Per video: "ok" or "failed"."""
-        return np.array(STATUS, dtype=object)[self._col("status")]
+        return np.asarray(np.array(STATUS, dtype=object)[self._col("status")])
 
     def videos(self) -> Dict[str, np.ndarray]:
         """The whole committed video table, column by column (strings decoded)."""
@@ -187,7 +187,7 @@ class FeatureFile:
         """Clip features of one video: (n_clips, D), or (n_clips, num_crops, D) when crops were kept."""
         g = self._layer(model, layer)
         a, b = self._clip_range(video_id, model)
-        return g["clip_features"][a:b]
+        return np.asarray(g["clip_features"][a:b])
 
     def clip_info(self, video_id: str, model: str) -> Dict[str, np.ndarray]:
         """The clip table rows of one video: start_frame, start_time, padded, frame_indices."""

@@ -29,7 +29,10 @@ RANDOM_INIT_WARNING = (
 # `run` is JSON (device, batch size, engine, torch version ...).
 RUN_ATTRS = ("command_line", "created_utc", "shard", "run")
 # Root attribute `state`: "writing" while a writer has the file, then "complete" or "incomplete".
-STATE_WRITING, STATE_COMPLETE, STATE_INCOMPLETE, STATE_NEEDS_REPAIR = "writing", "complete", "incomplete", "needs-repair"
+STATE_WRITING = "writing"
+STATE_COMPLETE = "complete"
+STATE_INCOMPLETE = "incomplete"
+STATE_NEEDS_REPAIR = "needs-repair"  # never stored: read from the superblock flag
 
 STR = h5py.string_dtype("utf-8")
 VIDEO_COLUMNS: Tuple[Tuple[str, Any], ...] = (

@@ -19,8 +19,8 @@ import h5py
 import numpy as np
 
 from c3dfeat.errors import ProvenanceMismatchError, StoreError
-from c3dfeat.store.files import RunLock, open_write
 from c3dfeat.store.bulk import copy_rows, run_attrs_of
+from c3dfeat.store.files import RunLock, open_write
 from c3dfeat.store.recovery import append_rows, clip_count, recover_file, truncate_to_committed
 from c3dfeat.store.schema import (
     FORMAT,
