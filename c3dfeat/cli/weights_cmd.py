@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import click
 
@@ -49,7 +49,8 @@ def list_command(weights_dir: Optional[Path], no_hash: bool, as_json: bool, mark
                 f"{hash_knowledge(ckpt)} | {urls} |"
             )
         return
-    rows = [
+    found = statuses(pattern, weights_dir, hash_files=not no_hash)
+    rows: List[Dict[str, Any]] = [
         {
             "name": st.name,
             "file": st.checkpoint.file_name,
@@ -61,17 +62,17 @@ def list_command(weights_dir: Optional[Path], no_hash: bool, as_json: bool, mark
             "sha256": st.digest,
             "urls": list(st.checkpoint.urls),
         }
-        for st in statuses(pattern, weights_dir, hash_files=not no_hash)
+        for st in found
     ]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     header = ("checkpoint", "file", "format", "published hash", "present", "verified")
     lines = [header]
-    for r in rows:
-        status = r["status"]
-        verified = "" if status in ("absent", "present") else status.split(":")[0]
-        lines.append((r["name"], r["file"], r["format"], r["published_hash"], "yes" if r["path"] else "no", verified))
+    for st in found:
+        verified = "" if st.status in ("absent", "present") else st.status.split(":")[0]
+        lines.append((st.name, st.checkpoint.file_name, st.checkpoint.format, hash_knowledge(st.checkpoint),
+                      "yes" if st.path else "no", verified))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     for line in lines:  # plain aligned text: no truncation, pasteable into weights/README.md
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
