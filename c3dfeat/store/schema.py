@@ -74,11 +74,6 @@ class LayerInfo:
         """Shape of one clip's row in `clip_features`."""
         return (self.num_crops, self.dim) if self.num_crops else (self.dim,)
 
-    @property
-    def crops(self) -> int:
-        """Old name of `num_crops` (kept while callers move to the new name)."""
-        return self.num_crops
-
     def to_json(self) -> Dict[str, Any]:
         return {"name": self.name, "dim": self.dim, "shape": list(self.shape), "num_crops": self.num_crops}
 

@@ -186,7 +186,6 @@ def open_writer(
     command_line: str = "",
     shard: str = "",
     run: Optional[Mapping[str, Any]] = None,
-    dtype: Optional[str] = None,
 ) -> FeatureWriter:
     """A writer for `path`: a new file, or (when it exists) a resume of the same run.
 
@@ -201,14 +200,13 @@ def open_writer(
             written again, at the end, when the caller retries them.
         command_line, shard, run: recorded as run attributes (not compared); `run` is a
             JSON-able dict (device, batch size, engine, torch version ...).
-        dtype: old name of `storage_dtype`.
 
     Raises:
         ProvenanceMismatchError: `path` holds features made with other settings.
         StoreError: `path` exists but is not a c3dfeat feature file of this format version.
     """
     path = Path(path)
-    storage_dtype = check_storage_dtype(dtype if dtype is not None else storage_dtype)
+    storage_dtype = check_storage_dtype(storage_dtype)
     keys = [m.key for m in models]
     if len(set(keys)) != len(keys):
         raise ValueError(f"model keys must be unique, got {keys}")
@@ -322,7 +320,6 @@ def write_matrices(
     storage_dtype: str = "float32",
     overwrite: bool = False,
     command_line: str = "",
-    dtype: Optional[str] = None,
 ) -> Path:
     """Write precomputed video-level features (e.g. PCA-reduced) in the same schema.
 
@@ -333,7 +330,6 @@ def write_matrices(
         provenance: how the matrices were made (e.g. source file's provenance + PCA settings).
         labels: optional label per video.
         model_attrs: optional per-model provenance (random_init, checkpoint, ...).
-        dtype: old name of `storage_dtype`.
     """
     models = []
     for key, layers in matrices.items():
@@ -344,7 +340,7 @@ def write_matrices(
                 raise ValueError(f"{key}/{name}: expected ({len(ids)}, D), got {x.shape}")
             infos.append(LayerInfo(name, int(x.shape[1]), (int(x.shape[1]),)))
         models.append(ModelInfo(key, tuple(infos), 0, dict((model_attrs or {}).get(key, {}))))
-    w = open_writer(path, models, provenance, storage_dtype=dtype or storage_dtype, overwrite=overwrite,
+    w = open_writer(path, models, provenance, storage_dtype=storage_dtype, overwrite=overwrite,
                     command_line=command_line)
     with w:
         if w.num_videos:
