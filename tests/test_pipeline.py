@@ -333,3 +333,44 @@ def test_scheduler_commits_in_input_order_whatever_finishes_first(tmp_path):
             n = len(res.clips.start_frame)
             assert n > 0 and all(f.shape[0] == n for f in res.features.values())
     assert report.clips == sum(len(res.clips.start_frame) for _, r in writer.videos for res in r.values())
+
+
+_CHILD = """
+import sys
+sys.path.insert(0, {repo!r})
+from tests import _extract_tiny
+_extract_tiny.register()
+from c3dfeat.errors import ExtractInterrupted
+from c3dfeat.pipeline import extract
+try:
+    extract([{videos!r}], {out!r}, ["tiny3d"], random_init=True, device="cpu", workers=1, batch_size=1,
+            progress=lambda p: print(p.event, flush=True))
+except ExtractInterrupted as e:
+    print("saved", e.saved, flush=True)
+    sys.exit(130)
+"""
+
+
+def test_sigterm_closes_the_file_like_ctrl_c(tmp_path, videos):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "f.h5"
+    repo = str(Path(__file__).resolve().parents[1])
+    code = _CHILD.format(repo=repo, videos=str(videos), out=str(out))
+    env = dict(os.environ, TINY3D_SLEEP="0.3")  # about a second per video
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    for line in proc.stdout:
+        if line.strip() == "commit":
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    saved = int(rest.split("saved ")[-1])
+    assert 1 <= saved < 3
+    with FeatureFile(out) as ff:
+        assert ff.num_videos == saved and ff.state == "incomplete"

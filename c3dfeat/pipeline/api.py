@@ -4,11 +4,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import shlex
+import signal
 import sys
+import threading
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -46,6 +49,26 @@ def _prepare_runtime(device: torch.device, allow_tf32: bool) -> None:
         torch.backends.cudnn.allow_tf32 = allow_tf32
         # Fixed input shapes (full batches): let cuDNN pick its fastest kernels once.
         torch.backends.cudnn.benchmark = True
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a cluster job preempted, `kill PID`) ends the run like Ctrl-C: the file is closed
+    cleanly with every committed video. Only in the main thread, and only while SIGTERM has its
+    default action (an application's own handler is left alone)."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def resolve_tasks(
@@ -223,7 +246,8 @@ def extract(
                                    workers=workers, device=dev, dtype=dtype, max_pending=max_pending,
                                    progress=progress, t0=t0)
         try:
-            scheduler.run()
+            with sigterm_as_interrupt():
+                scheduler.run()
         except KeyboardInterrupt:  # the decode threads are stopped; close the file cleanly below
             interrupted = True
         report.run_seconds = time.monotonic() - t_run
