@@ -86,6 +86,8 @@ def test_sigkill_at_several_points_then_resume_equals_uninterrupted(tmp_path, vi
     # 3) in the middle of the long video: text.mp4, v0..v4 committed, v5 (~0.8 s) being extracted
     _run_until(cmd, out, lambda p: _committed(p) >= 6)
     assert _committed(out) == 6
+    with FeatureFile(out) as ff:  # what `c3dfeat info` reports for a killed run's file
+        assert ff.state == "needs-repair", ff.state_reason
     # finish: the same command, to the end
     proc = subprocess.run(cmd, env=dict(os.environ), capture_output=True, text=True)
     # text.mp4 failed (in the first run: ids sort before v*): still exit code 3, and listed
@@ -94,3 +96,4 @@ def test_sigkill_at_several_points_then_resume_equals_uninterrupted(tmp_path, vi
     _assert_same_datasets(out, ref)
     with FeatureFile(out) as ff:
         assert ff.num_videos == 9 and [v for v, _ in ff.failed] == ["text.mp4"]
+        assert ff.state == "complete", ff.state_reason
