@@ -241,6 +241,13 @@ def test_write_matrices_same_schema(tmp_path):
     np.testing.assert_array_equal(y, x)
     assert list(ff.videos()["label"]) == ["x", "y", "x", "y"]
     assert ff.clips("b", "c3d", "fc6_pca3").shape == (0, 3)
+    ff.close()
+    with pytest.raises(StoreError, match="exists"):  # the existing file is left as it was
+        write_matrices(p, ["a"], {"c3d": {"fc6_pca3": x[:1]}}, {"source": "feats.h5", "pca": {"dim": 3}})
+    with FeatureFile(p) as ff:
+        assert ff.num_videos == 4 and ff.state == "complete"
+    write_matrices(p, ["a"], {"c3d": {"fc6_pca3": x[:1]}}, {}, overwrite=True)
+    assert FeatureFile(p).video_ids == ["a"]
 
 
 def test_recover_file_clears_flags_only_when_set(tmp_path):

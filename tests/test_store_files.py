@@ -250,3 +250,15 @@ def test_export_refuses_unknown_suffix_and_layer(tmp_path):
         export(p, tmp_path / "x.parquet")
     with pytest.raises(StoreError, match="no stored layer 'zz'"):
         export(p, tmp_path / "x.npy", layer="zz")
+
+
+def test_export_reads_sparse_rows(tmp_path):
+    """Mostly failed videos: only the ok rows are read and written, in order."""
+    p = tmp_path / "f.h5"
+    with open_writer(p, MODELS, PROV) as w:
+        for i in range(12):
+            w.add_video(*_video(i, 1 + i % 3, status="ok" if i in (0, 11) else "failed"))
+    ids, x = FeatureFile(p).video_matrix("m", "a")
+    out = export(p, tmp_path / "x.npy")
+    np.testing.assert_array_equal(np.load(out), x)
+    assert (tmp_path / "x.ids.txt").read_text().split() == ids == ["dir/v0.mp4", "dir/v11.mp4"]

@@ -102,7 +102,9 @@ def _blocks(ds: Any, rows: np.ndarray) -> Iterator[Tuple[int, int, np.ndarray]]:
     for a in range(0, len(rows), _BLOCK_ROWS):
         sel = rows[a : a + _BLOCK_ROWS]
         lo, hi = int(sel[0]), int(sel[-1]) + 1
-        yield a, a + len(sel), ds[lo:hi][sel - lo]
+        # one slice read unless the rows are sparse (mostly failed videos): then only those rows
+        x = ds[lo:hi][sel - lo] if hi - lo <= 2 * len(sel) else ds[sel]
+        yield a, a + len(sel), x
 
 
 def _npy(out: Path, ds: Any, rows: np.ndarray) -> None:

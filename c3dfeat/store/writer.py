@@ -331,6 +331,8 @@ def write_matrices(
         labels: optional label per video.
         model_attrs: optional per-model provenance (random_init, checkpoint, ...).
     """
+    if Path(path).exists() and not overwrite:
+        raise StoreError(f"{path} exists; remove it or pass overwrite=True")
     models = []
     for key, layers in matrices.items():
         infos = []
@@ -343,8 +345,6 @@ def write_matrices(
     w = open_writer(path, models, provenance, storage_dtype=storage_dtype, overwrite=overwrite,
                     command_line=command_line)
     with w:
-        if w.num_videos:
-            raise StoreError(f"{path} already holds {w.num_videos} videos; use overwrite=True")
         items: List[Item] = []
         for i, vid in enumerate(ids):
             res: Dict[str, ModelResult] = {
