@@ -113,6 +113,21 @@ def test_first_use_downloads_with_progress_and_records_second_use_does_not(
     assert capsys.readouterr().err == ""
 
 
+def test_plain_progress_lines_in_a_log(tiny_w, server, isolated, tmp_path, monkeypatch, capsys):
+    """Not a terminal (a cluster job's log): plain lines with percent and MiB, no control characters."""
+    from c3dfeat.weights import fetch
+
+    body, *_ = _serve(server, tmp_path)
+    monkeypatch.setattr(fetch, "_CHUNK", 4096)
+    monkeypatch.setattr(fetch, "PLAIN_PROGRESS_EVERY_S", 0.0)  # a line per chunk instead of every 10 s
+    create_model(NAME, pretrained=True, weights_mirror=server.url + "/mirror")
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith(f"c3dfeat: {WEIGHTS_FILE}:")]
+    assert len(lines) == -(-len(body) // 4096)
+    assert lines[-1].startswith(f"c3dfeat: {WEIGHTS_FILE}: 100%, ") and " MiB/s" in lines[-1]
+    assert "\x1b" not in err and "\r" not in err
+
+
 def test_progress_can_be_silenced(tiny_w, server, isolated, tmp_path, monkeypatch, capsys):
     _serve(server, tmp_path)
     create_model(NAME, pretrained=True, weights_mirror=server.url + "/mirror", progress=False)
