@@ -76,7 +76,7 @@ class FeatureFile:
 
     @property
     def state(self) -> str:
-        """"complete", "incomplete" (interrupted, or being written now) or "needs-repair" (killed)."""
+        """The file state: "complete", "incomplete" (interrupted, or being written now) or "needs-repair" (killed)."""
         return self._state()[0]
 
     @property
