@@ -54,7 +54,7 @@ def motion_model():
         register_model(ModelSpec(
             name="motion3d_test", builder=Motion3D, checkpoints=(),
             preprocessing=Preprocessing(clip_len=8, frame_step=1, stride=8, resize=(32, 32),
-                                        crop_size=32, scale=1.0 / 255.0, mean=(0.5, 0.5, 0.5)),
+                                        crop_size=32, divide_by=255.0, mean=(0.5, 0.5, 0.5)),
             layers=(LayerSpec("pool", (128,)),), default_layer="pool", input_size=(8, 32, 32),
             description="test-only random 3D ConvNet for the motion test"))
     yield "motion3d_test"
