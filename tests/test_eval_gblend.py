@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from c3dfeat.errors import EvalError
-from c3dfeat.evaluate.gblend import (FusionConfig, HeadLosses, LateFusion, fusion_eval,
-                                     gblend_weights)
+from c3dfeat.evaluate.gblend import FusionConfig, HeadLosses, LateFusion, fusion_eval, gblend_weights
 from c3dfeat.evaluate.splits import Protocol, Split
 
 

@@ -5,8 +5,15 @@ import numpy as np
 import pytest
 
 from c3dfeat.errors import EvalError
-from c3dfeat.evaluate.splits import (build_protocol, folder_labels, kfold_protocol, parse_generic,
-                                     parse_hmdb51, parse_ucf101, resolve)
+from c3dfeat.evaluate.splits import (
+    build_protocol,
+    folder_labels,
+    kfold_protocol,
+    parse_generic,
+    parse_hmdb51,
+    parse_ucf101,
+    resolve,
+)
 
 DATA = Path(__file__).parent / "data" / "splits"
 UCF = DATA / "ucfTrainTestlist"
@@ -84,7 +91,7 @@ def test_matching_is_not_fooled_by_same_name_in_other_folder():
 
 
 def test_ambiguous_match_is_an_error():
-    from c3dfeat.evaluate.splits import Listing, ListedSplit
+    from c3dfeat.evaluate.splits import ListedSplit, Listing
 
     lst = Listing(["a"], [ListedSplit("s", [("x.avi", 0)], [("y.avi", 0)])], "t")
     with pytest.raises(EvalError, match="several videos"):

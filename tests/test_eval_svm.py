@@ -87,7 +87,7 @@ def test_warm_start_reaches_the_same_solution(data):
     np.testing.assert_allclose(warm.objective(Xtr, ytr), cold.objective(Xtr, ytr), rtol=1e-3)
 
 
-def test_C_is_chosen_on_training_data_only(data):
+def test_svm_cost_is_chosen_on_training_data_only(data):
     """Scrambling the TEST labels must not change the chosen C (nor the model)."""
     Xtr, ytr, Xte, yte = data
     X = np.vstack([Xtr, Xte])
