@@ -94,7 +94,7 @@ class EvalResult:
 
 def select_C(  # noqa: N802 - C is the SVM cost parameter, named as in scikit-learn
              X: np.ndarray, y: np.ndarray, Cs: Sequence[float] = DEFAULT_CS, folds: int = 3,
-             solver: str = "torch", device: str = "cpu", seed: int = 0,
+             solver: str = "torch", device: str = "auto", seed: int = 0,
              early_stop: bool = False, models: Optional[Dict[float, object]] = None,
              tie: float = 0.1) -> tuple[float, Dict[float, float]]:
     """Choose C by stratified k-fold CV on (X, y) — pass the TRAINING part only.
@@ -144,7 +144,7 @@ def select_C(  # noqa: N802 - C is the SVM cost parameter, named as in scikit-le
 
 def evaluate_split(X: np.ndarray, y: np.ndarray, split: Split, *, C: Optional[float] = None,
                    Cs: Sequence[float] = DEFAULT_CS, cv_folds: int = 3, solver: str = "torch",
-                   device: str = "cpu", seed: int = 0) -> SplitResult:
+                   device: str = "auto", seed: int = 0) -> SplitResult:
     """Train on ``split.train`` rows (choosing C on them if not given), test on ``split.test``."""
     if solver not in SOLVERS:
         raise EvalError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
@@ -165,7 +165,7 @@ def evaluate_split(X: np.ndarray, y: np.ndarray, split: Split, *, C: Optional[fl
 
 def linear_eval(X: np.ndarray, protocol: Protocol, *, norm: str = "l2", C: Optional[float] = None,
                 Cs: Sequence[float] = DEFAULT_CS, cv_folds: int = 3, solver: str = "torch",
-                device: str = "cpu", seed: int = 0, on_split=None) -> EvalResult:
+                device: str = "auto", seed: int = 0, on_split=None) -> EvalResult:
     """Run the linear-SVM protocol on video descriptors ``X`` (rows = feature-file videos)."""
     Xn = normalize(X, norm)
     results = []

@@ -65,7 +65,7 @@ class PCASweep:
 
 def pca_sweep(X: np.ndarray, protocol: Protocol, dims: Sequence[int], *, norm: str = "l2",
               C: Optional[float] = None, Cs: Sequence[float] = DEFAULT_CS, cv_folds: int = 3,
-              solver: str = "torch", device: str = "cpu", seed: int = 0,
+              solver: str = "torch", device: str = "auto", seed: int = 0,
               on_result=None) -> PCASweep:
     """Accuracy of the linear-SVM protocol after PCA to each of ``dims`` dimensions."""
     dims = sorted({int(d) for d in dims})
