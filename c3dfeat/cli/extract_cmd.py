@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import click
 
 from c3dfeat.cli import UsageError, cli, options
+from c3dfeat.errors import ExtractInterrupted
 from c3dfeat.cli.progress import make_display
 
 # Exit codes of `extract` (documented in its help).
@@ -136,8 +137,7 @@ def extract_command(inputs: Tuple[Path, ...], output: Path, models: Tuple[str, .
     err = _console(stderr=True)
     display = make_display(err, quiet, what=f"{', '.join(n for n, _ in pairs)} -> {output}")
     try:
-        from c3dfeat.errors import ExtractInterrupted
-        from c3dfeat.pipeline import ModelRequest, extract
+        from c3dfeat.pipeline import ModelRequest, extract  # torch: seconds, so inside the try
 
         reqs = [ModelRequest(n, tuple(ls) if ls else None, paths.get(n)) for n, ls in pairs]
         kwargs = dict(kw, crops=crop_mode, progress=display,
