@@ -262,3 +262,22 @@ def test_export_reads_sparse_rows(tmp_path):
     out = export(p, tmp_path / "x.npy")
     np.testing.assert_array_equal(np.load(out), x)
     assert (tmp_path / "x.ids.txt").read_text().split() == ids == ["dir/v0.mp4", "dir/v11.mp4"]
+
+
+def test_layer_aliases_resolve_where_the_file_is_read(tmp_path):
+    models = (ModelInfo("c3d", (LayerInfo("fc6", 3, (3,), aliases=("fc6-1",)),
+                                LayerInfo("pool5", 2, (2,))), clip_len=0),)
+    p = tmp_path / "f.h5"
+    sf = np.arange(2, dtype=np.int64)
+    with open_writer(p, models, {}) as w:
+        feats = {"fc6": np.arange(6, dtype=np.float32).reshape(2, 3), "pool5": np.ones((2, 2), np.float32)}
+        w.add_video(VideoRecord("v"), {"c3d": ModelResult(ClipTable(sf, sf / 1.0, np.zeros(2, np.int32)), feats)})
+    with FeatureFile(p) as ff:
+        assert ff.layers("c3d") == ["fc6", "pool5"]
+        assert ff.layer_name("c3d", "FC6-1") == "fc6"
+        np.testing.assert_array_equal(ff.video_matrix("c3d", "fc6-1")[1], ff.video_matrix("c3d", "fc6")[1])
+        np.testing.assert_array_equal(ff.clips("v", "c3d", "fc6-1"), feats["fc6"])
+        assert ff.h5["models/c3d/layers/fc6"].attrs["aliases"] == '["fc6-1"]'
+        with pytest.raises(StoreError, match=r"no stored layer .fc7.; stored: fc6 \(fc6-1\), pool5$"):
+            ff.video_matrix("c3d", "fc7")
+    np.testing.assert_array_equal(np.load(export(p, tmp_path / "x.npy", layer="fc6-1")), [[1.5, 2.5, 3.5]])

@@ -179,7 +179,7 @@ def prepare_model(
     infos = []
     for name in layers:
         shape = tuple(int(s) for s in shapes[name])
-        infos.append(LayerInfo(name, int(np.prod(shape)), shape, num_crops if keep else 0))
+        infos.append(LayerInfo(name, int(np.prod(shape)), shape, num_crops if keep else 0, spec.layer(name).aliases))
     attrs = {
         "arch": spec.name,
         "checkpoint": None if random_init or spec.checkpoint is None else spec.checkpoint.tag,

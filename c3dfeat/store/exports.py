@@ -29,8 +29,7 @@ def _pick(ff: FeatureFile, model: Optional[str], layer: Optional[str]) -> Tuple[
         if not layers:
             raise StoreError(f"{ff.path}: model {model!r} stores no layers")
         layer = layers[0]
-    ff._layer(model, layer)  # a clear error for an unknown layer
-    return model, layer
+    return model, ff.layer_name(model, layer)  # an alias resolves; an unknown layer is a clear error
 
 
 def sidecar(out: Path, what: str) -> Path:

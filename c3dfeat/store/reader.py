@@ -24,6 +24,7 @@ from c3dfeat.store.schema import (
     VIDEO_COLUMNS,
     ModelInfo,
     decode_str,
+    find_layer,
     model_infos,
 )
 
@@ -120,13 +121,17 @@ class FeatureFile:
             raise StoreError(f"{self.path} has no model {model!r}; it has: {', '.join(self.models)}")
         return self._f[f"models/{model}"]
 
+    def layer_name(self, model: str, layer: str) -> str:
+        """The stored name of `layer` of `model`: itself, or the layer it is an alias of (``fc6-1``)."""
+        info = find_layer(self.model_info(model).layers, layer)
+        if info is None:
+            stored = ", ".join(la.name + (f" ({'/'.join(la.aliases)})" if la.aliases else "")
+                               for la in self.model_info(model).layers)
+            raise StoreError(f"{self.path}: model {model!r} has no stored layer {layer!r}; stored: {stored}")
+        return info.name
+
     def _layer(self, model: str, layer: str) -> h5py.Group:
-        gm = self._group(model)
-        if layer not in gm["layers"]:
-            raise StoreError(
-                f"{self.path}: model {model!r} has no stored layer {layer!r}; stored: {', '.join(self.layers(model))}"
-            )
-        return gm[f"layers/{layer}"]
+        return self._group(model)[f"layers/{self.layer_name(model, layer)}"]
 
     # -- video table ----------------------------------------------------------
     def _col(self, name: str) -> np.ndarray:

@@ -68,6 +68,7 @@ class LayerInfo:
     dim: int
     shape: Tuple[int, ...] = ()  # per-clip shape before flattening (documentation)
     num_crops: int = 0  # 0: no crop axis stored; n: clip features are (N, n, dim)
+    aliases: Tuple[str, ...] = ()  # other names of the layer (the original framework's: fc6-1, final_avg)
 
     @property
     def clip_shape(self) -> Tuple[int, ...]:
@@ -75,13 +76,15 @@ class LayerInfo:
         return (self.num_crops, self.dim) if self.num_crops else (self.dim,)
 
     def to_json(self) -> Dict[str, Any]:
-        return {"name": self.name, "dim": self.dim, "shape": list(self.shape), "num_crops": self.num_crops}
+        return {"name": self.name, "dim": self.dim, "shape": list(self.shape), "num_crops": self.num_crops,
+                "aliases": list(self.aliases)}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "LayerInfo":
         """Read a layer record; format version 1 called the count `crops`."""
         n = d["num_crops"] if "num_crops" in d else d.get("crops", 0)
-        return cls(str(d["name"]), int(d["dim"]), tuple(int(s) for s in d["shape"]), int(n))
+        aliases = tuple(str(a) for a in d.get("aliases", ()))
+        return cls(str(d["name"]), int(d["dim"]), tuple(int(s) for s in d["shape"]), int(n), aliases)
 
 
 @dataclass(frozen=True)
@@ -267,6 +270,7 @@ def create_layout(
             g1.attrs["dim"] = layer.dim
             g1.attrs["shape"] = json.dumps(list(layer.shape))
             g1.attrs["num_crops"] = layer.num_crops
+            g1.attrs["aliases"] = json.dumps(list(layer.aliases))
             tail = layer.clip_shape
             g1.create_dataset(
                 "clip_features",
@@ -297,3 +301,15 @@ def model_infos(f: h5py.File) -> List[ModelInfo]:
 def layer_record(layer: LayerInfo) -> Dict[str, Any]:
     """A layer as `c3dfeat info --json` shows it."""
     return dataclasses.asdict(layer)
+
+
+def find_layer(layers: Sequence[LayerInfo], name: str) -> Optional[LayerInfo]:
+    """The stored layer called `name`: exactly, else by canonical name or alias, case-insensitive."""
+    for layer in layers:
+        if layer.name == name:
+            return layer
+    key = name.lower()
+    for layer in layers:
+        if key == layer.name.lower() or key in (a.lower() for a in layer.aliases):
+            return layer
+    return None
