@@ -147,13 +147,20 @@ class FeatureWriter:
             if complete is None:
                 complete = sys.exc_info()[0] is None
             exc = sys.exc_info()[1]
-            self._f.close()
-            if complete:
-                _mark(self.path, STATE_COMPLETE, "")
-            else:
+            state, reason = STATE_COMPLETE, ""
+            if not complete:
                 why = type(exc).__name__ if exc is not None else "the run stopped early"
-                _mark(self.path, STATE_INCOMPLETE,
-                      f"interrupted ({why}) after {self.num_videos} committed videos; rerun the same command to resume")
+                state = STATE_INCOMPLETE
+                reason = (f"interrupted ({why}) after {self.num_videos} committed videos; "
+                          "rerun the same command to resume")
+            try:  # HDF5 2.0 lets a SWMR writer rewrite an existing attribute
+                self._f.attrs["state"], self._f.attrs["state_reason"] = state, reason
+                marked = True
+            except (OSError, RuntimeError, KeyError):
+                marked = False
+            self._f.close()
+            if not marked:  # older HDF5: reopen without SWMR (waits while a reader holds the file lock)
+                _mark(self.path, state, reason)
         if self._lock is not None:
             self._lock.release()
             self._lock = None
