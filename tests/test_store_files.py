@@ -281,3 +281,28 @@ def test_layer_aliases_resolve_where_the_file_is_read(tmp_path):
         with pytest.raises(StoreError, match=r"no stored layer .fc7.; stored: fc6 \(fc6-1\), pool5$"):
             ff.video_matrix("c3d", "fc7")
     np.testing.assert_array_equal(np.load(export(p, tmp_path / "x.npy", layer="fc6-1")), [[1.5, 2.5, 3.5]])
+
+
+
+def test_state_mark_fallback_reopens_the_closed_file(tmp_path, monkeypatch):
+    """Where HDF5 refuses attribute writes in SWMR mode, close() reopens the file to mark it."""
+    import c3dfeat.store.writer as writer_module
+
+    p = tmp_path / "f.h5"
+    w = open_writer(p, MODELS, PROV)
+    w.add_video(*_video(0, 1))
+
+    class RefusingAttrs:
+        def __setitem__(self, key, value):
+            raise RuntimeError("no attribute writes in SWMR mode")
+
+    real_file = w._f
+    monkeypatch.setattr(w, "_f", type("F", (), {"attrs": RefusingAttrs(), "id": real_file.id,
+                                                "close": real_file.close})())
+    marked = []
+    real_mark = writer_module._mark
+    monkeypatch.setattr(writer_module, "_mark", lambda *a: (marked.append(a[1:]), real_mark(*a)))
+    w.close()
+    assert marked == [("complete", "")]
+    with FeatureFile(p) as ff:
+        assert ff.state == "complete" and ff.num_videos == 1
