@@ -25,7 +25,7 @@ import numpy as np
 
 from c3dfeat import models, weights
 from c3dfeat.errors import ConfigError, WeightsError
-from c3dfeat.models._layers import LayerwiseModel
+from c3dfeat.models._common import FeatureModel
 from c3dfeat.specs import Checkpoint, ModelSpec
 from c3dfeat.weights import hashing, policy
 
@@ -52,7 +52,7 @@ def create_model(
     weights_mirror: Optional[str] = None,
     num_classes: Optional[int] = None,
     progress: bool = True,
-) -> LayerwiseModel:
+) -> FeatureModel:
     """Build `name` in eval mode; ``model.spec`` is its resolved ModelSpec and
     ``model.weights_sha256`` the SHA-256 of the loaded file (None: random init).
 
@@ -180,7 +180,7 @@ def convert_file(src: PathLike, name: str, dst: PathLike) -> Tuple[str, str]:
     class count comes from the tag if given, else from the source's classifier."""
     _, tag = models.split_name(name)
 
-    def build(classes_in_file: Optional[int]) -> LayerwiseModel:
+    def build(classes_in_file: Optional[int]) -> FeatureModel:
         return models.create_model(name, num_classes=None if tag else classes_in_file)
 
     return weights.convert_file(src, dst, build)

@@ -4,11 +4,10 @@ from __future__ import annotations
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn as nn
 
 from c3dfeat.errors import C3DFeatError, UnknownLayerError
+from c3dfeat.models._common import FeatureModel
 from c3dfeat.models._layout import prepare_input
-from c3dfeat.specs import ModelSpec
 
 
 class ClipSizeError(C3DFeatError, ValueError):
@@ -22,19 +21,13 @@ Fn = Callable[[torch.Tensor], torch.Tensor]
 Step = Union[Tuple[Optional[str], Fn], Tuple[Optional[str], Fn, Fn]]
 
 
-class LayerwiseModel(nn.Module):
+class LayerwiseModel(FeatureModel):
     """Base for models that expose named feature layers.
 
     Subclasses list their forward pass in `_steps()`; `forward_layers` runs it once and stops after
     the deepest requested layer, so layers past it cost nothing.
     """
 
-    #: canonical layer names in forward order (the ModelSpec declares the same list)
-    layer_names: Tuple[str, ...] = ()
-    #: the resolved record of the model, set by the builder (c3dfeat.models.create_model)
-    spec: ModelSpec
-    #: SHA-256 of the loaded weights file, set by c3dfeat.zoo; None = random init
-    weights_sha256: Optional[str] = None
 
     def _steps(self) -> List[Step]:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -10,15 +10,15 @@ from typing import Any, Callable, Dict, Tuple
 
 import torch
 
-from c3dfeat.models._layers import LayerwiseModel
+from c3dfeat.models._common import FeatureModel
 from c3dfeat.specs import ModelSpec
 
 Size = Tuple[int, int, int]
 
 
-def meta_model(builder: Callable[..., Any], num_classes: int) -> LayerwiseModel:
+def meta_model(builder: Callable[..., Any], num_classes: int) -> FeatureModel:
     with torch.device("meta"):
-        model: LayerwiseModel = builder(num_classes=num_classes).eval()
+        model: FeatureModel = builder(num_classes=num_classes).eval()
         return model
 
 

@@ -8,7 +8,7 @@ from typing import Dict, Iterable, List, Literal, Optional, Sequence, Union
 import torch
 
 from c3dfeat.errors import ConfigError, UnknownModelError
-from c3dfeat.models._layers import LayerwiseModel
+from c3dfeat.models._common import FeatureModel
 from c3dfeat.models._meta import spec_layer_shapes
 from c3dfeat.specs import ModelSpec
 
@@ -63,7 +63,7 @@ def get_spec(name: str) -> ModelSpec:
     return resolved
 
 
-def create_model(name: str, pretrained: Literal[False] = False, *, num_classes: Optional[int] = None) -> LayerwiseModel:
+def create_model(name: str, pretrained: Literal[False] = False, *, num_classes: Optional[int] = None) -> FeatureModel:
     """Build `name` with random weights, in eval mode; `model.spec` holds its resolved ModelSpec.
 
     This is the registry's builder; pretrained weights are loaded one layer up, by
@@ -80,14 +80,14 @@ def create_model(name: str, pretrained: Literal[False] = False, *, num_classes: 
             f"c3dfeat.create_model({name!r}, pretrained=...)"
         )
     spec = get_spec(name)
-    model: LayerwiseModel = spec.builder(num_classes=spec.num_classes if num_classes is None else num_classes)
+    model: FeatureModel = spec.builder(num_classes=spec.num_classes if num_classes is None else num_classes)
     model.spec = spec
     model.weights_sha256 = None  # set by c3dfeat.zoo when weights are loaded; None means random init
     return model.eval()
 
 
 def extract_layers(
-    model: LayerwiseModel, clips: torch.Tensor, layers: Union[str, Sequence[str]]
+    model: FeatureModel, clips: torch.Tensor, layers: Union[str, Sequence[str]]
 ) -> Dict[str, torch.Tensor]:
     """Features of several layers from ONE forward pass; layers past the deepest are skipped.
 
