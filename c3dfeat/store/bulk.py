@@ -80,10 +80,9 @@ def copy_rows(
     srcs = [_open_source(p) for p in sources]
     tmp = out.with_name(out.name + ".partial")
     try:
-        counts = {m.key: [s[f"models/{m.key}/videos/num_clips"][: int(s["committed"][0])] for s in srcs]
-                  for m in models}
-        # a committed file's clip_offset is the running sum of num_clips (the writer's invariant)
-        offsets = {key: [_excl_cumsum(c) for c in cs] for key, cs in counts.items()}
+        n_src = [int(s["committed"][0]) for s in srcs]
+        counts = {m.key: [s[f"models/{m.key}/videos/num_clips"][:n] for s, n in zip(srcs, n_src)] for m in models}
+        offsets = {m.key: [s[f"models/{m.key}/videos/clip_offset"][:n] for s, n in zip(srcs, n_src)] for m in models}
         out_counts = {}
         for m in models:
             oc = np.zeros(n_out, np.int64)
