@@ -52,7 +52,7 @@ def test_json_summary_on_stdout(tmp_path, videos, tiny_models):
     assert d["output"] == str(out) and d["ok"] == 4 and d["videos"] == 5
     assert [f["id"] for f in d["failed"]] == ["text.mp4"] and d["failed"][0]["reason"]
     assert d["clips"] > 0 and d["seconds"] > 0 and d["clips_per_second"] > 0
-    assert d["random_init"] == ["tiny3d"]
+    assert d["random_init"] == ["tiny3d"] and d["interrupted"] is False and d["device"] == "cpu"
 
 
 def test_quiet_prints_no_progress(tmp_path, videos, tiny_models, monkeypatch):
@@ -67,6 +67,8 @@ def test_not_a_terminal_prints_plain_lines(tmp_path, videos, tiny_models, monkey
     res = CliRunner().invoke(cli, ["extract", str(videos), "-o", str(tmp_path / "f.h5"), *TINY])
     assert res.exit_code == EXIT_SOME_FAILED, res.output
     lines = [ln for ln in res.stderr.splitlines() if ln.startswith("extract: ")]
+    assert lines[0].startswith("extract: starting tiny3d -> ")  # at once, before any video
+    lines = lines[1:]
     assert len(lines) >= 5, res.stderr
     assert "\x1b[" not in res.stderr  # no terminal control codes in a log
     last = lines[-1]
@@ -101,8 +103,9 @@ def test_no_videos_is_bad_usage(tmp_path, tiny_models):
     (tmp_path / "empty" / "notes.txt.bak").write_text("x")
     res = CliRunner().invoke(cli, ["extract", str(tmp_path / "empty"), "-o", str(tmp_path / "f.h5"), *TINY])
     assert res.exit_code == 2, res.output
-    assert "empty" in res.output and ".mp4" in res.output
-    assert len(res.output.strip().splitlines()) == 1
+    errors = [ln for ln in res.output.splitlines() if not ln.startswith("extract: starting")]
+    assert len(errors) == 1 and errors[0].startswith("Error: ")  # one line, no traceback
+    assert "empty" in errors[0] and ".mp4" in errors[0]
 
 
 def test_missing_output_folder_is_one_line(tmp_path, videos):

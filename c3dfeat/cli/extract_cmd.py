@@ -146,6 +146,8 @@ def extract_command(inputs: Tuple[Path, ...], output: Path, models: Tuple[str, .
     except ExtractInterrupted as e:
         display.close()
         saved = e.saved
+        if as_json and e.report is not None:
+            click.echo(json.dumps(dict(report_dict(e.report), interrupted=True, saved=saved), indent=2))
         click.echo(f"interrupted: {saved} video{'s' if saved != 1 else ''} saved in {output}; "
                    "run the same command to resume", err=True)
         sys.exit(EXIT_INTERRUPTED)
@@ -180,6 +182,10 @@ def report_dict(report: Any) -> Dict[str, Any]:
         "seconds": round(report.seconds, 3),
         "clips_per_second": round(report.clips_per_second, 3),
         "device": report.device,
+        "dtype": report.dtype,
+        "batch_size": report.batch_size,
+        "engine": report.engine,
+        "interrupted": False,
         "random_init": list(report.random_init),
         "warnings": list(report.warnings),
     }

@@ -84,12 +84,14 @@ class LineDisplay:
     """Not a terminal: one plain line every `interval` seconds, and one at the end."""
 
     def __init__(self, stream: TextIO, interval: Optional[float] = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, what: str = "") -> None:
         self.stream = stream
         self.interval = LINE_INTERVAL_S if interval is None else interval
         self.clock = clock
         self.tracker = Tracker()
         self.next_line = clock() + self.interval
+        if what:  # the log shows at once that the run started, and what it writes
+            print(f"extract: starting {what}", file=stream, flush=True)
 
     def __call__(self, p: Any) -> None:
         s = self.tracker.update(p)
@@ -170,4 +172,4 @@ def make_display(console: Any, quiet: bool, what: str = "") -> Any:
         return NoDisplay()
     if console.is_terminal:
         return LiveDisplay(console, what)
-    return LineDisplay(console.file)
+    return LineDisplay(console.file, what=what)
