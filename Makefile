@@ -44,6 +44,7 @@ bench:
 	$(BIN)/python scripts/bench_models.py
 	$(BIN)/python scripts/bench_extract.py
 	$(BIN)/python scripts/bench_eval.py
+	$(BIN)/python scripts/bench_cli.py
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache
