@@ -1,50 +1,16 @@
 """Command-line interface: thin click commands over the Python API.
 
-One module per command group; each registers itself on `cli` below. Library errors
-(C3DFeatError) become one-line click errors here and nowhere else. Command modules import
-torch-heavy code inside their command bodies only: `c3dfeat --help` must not import torch.
+One module per command group, each registering itself on the root group (`root.py`). Command
+modules import torch-heavy code inside their command bodies only: `c3dfeat --help` must not
+import torch.
 """
-from __future__ import annotations
-
-from typing import Any
-
-import click
-
-from c3dfeat.errors import C3DFeatError, NoVideosError
-from c3dfeat.version import __version__
-
-
-class UsageError(click.ClickException):
-    """Bad usage in one line ("Error: ..."), exit code 2, without click's usage block."""
-
-    exit_code = 2
-
-
-class _Group(click.Group):
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except NoVideosError as e:  # the inputs are wrong, not the run: bad usage
-            raise UsageError(str(e)) from None
-        except C3DFeatError as e:
-            raise click.ClickException(str(e)) from None
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="c3dfeat")
-def cli() -> None:
-    """Spatiotemporal video features from C3D, Res3D, R(2+1)D and CSN, in one HDF5 file."""
-
-
-def main() -> None:
-    cli(prog_name="c3dfeat")
-
-
-# Command modules register themselves on `cli` (keep this list in sync with the files).
-from c3dfeat.cli import (  # noqa: E402  (they need `cli`, defined above)
-    eval_cmd,  # noqa: F401  (registers `linear-eval`, `pca`, `tsne`)
-    extract_cmd,  # noqa: F401  (registers `extract`)
-    file_cmd,  # noqa: F401  (registers `info`, `merge`, `repair`, `export`)
-    models_cmd,  # noqa: F401  (registers `models`)
-    weights_cmd,  # noqa: F401  (registers `weights`)
+from c3dfeat.cli import (
+    eval_cmd as eval_cmd,  # registers `linear-eval`, `pca`, `tsne`
+    extract_cmd as extract_cmd,  # registers `extract`
+    file_cmd as file_cmd,  # registers `info`, `merge`, `repair`, `export`
+    models_cmd as models_cmd,  # registers `models`
+    weights_cmd as weights_cmd,  # registers `weights`
 )
+from c3dfeat.cli.root import UsageError as UsageError, cli as cli, main as main
+
+__all__ = ["cli", "main", "UsageError"]

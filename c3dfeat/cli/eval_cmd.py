@@ -8,8 +8,9 @@ from typing import Any, Dict, Optional, Sequence
 
 import click
 
-from c3dfeat.cli import cli, options
+from c3dfeat.cli import options
 from c3dfeat.cli.options import DEFAULT_FEATS
+from c3dfeat.cli.root import cli
 
 _svm_options = options.stack(
     options.model_in_file,

@@ -9,8 +9,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import click
 
-from c3dfeat.cli import UsageError, cli, options
+from c3dfeat.cli import options
 from c3dfeat.cli.progress import make_display
+from c3dfeat.cli.root import UsageError, cli
 from c3dfeat.errors import ExtractInterrupted
 
 # Exit codes of `extract` (documented in its help).

@@ -7,7 +7,8 @@ from typing import Any, Optional, Tuple
 
 import click
 
-from c3dfeat.cli import cli, options
+from c3dfeat.cli import options
+from c3dfeat.cli.root import cli
 
 _feature_file = click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 

@@ -12,7 +12,8 @@ from typing import Any, Dict, List, Optional
 
 import click
 
-from c3dfeat.cli import UsageError, cli, options
+from c3dfeat.cli import options
+from c3dfeat.cli.root import UsageError, cli
 from c3dfeat.version import __version__
 
 # Parameter counts, GFLOPs and layer shapes come from building each model on the meta device

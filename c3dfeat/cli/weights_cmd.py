@@ -7,7 +7,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import click
 
-from c3dfeat.cli import cli, options
+from c3dfeat.cli import options
+from c3dfeat.cli.root import cli
 
 
 @cli.group("weights")
