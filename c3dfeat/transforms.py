@@ -189,7 +189,9 @@ class ClipTransform:
         if (rh, rw) == (h, w):  # no resize: every order of the steps gives the same numbers
             img = x[:, y0:y1, x0:x1].permute(3, 0, 1, 2).to(torch.float32)
         elif pre.resize_backend == "opencv":
-            img = resize_linear_uint8(x, (rh, rw), (y0, y1), (x0, x1)).permute(3, 0, 1, 2).to(torch.float32)
+            # planar (3, n, rows, cols) before the float conversion: the crops then copy whole rows
+            planar = resize_linear_uint8(x, (rh, rw), (y0, y1), (x0, x1)).permute(3, 0, 1, 2).contiguous()
+            img = planar.to(torch.float32)
         elif pre.resize_input == "pixels":
             img = self._resize_pixels(x, (rh, rw), (y0, y1), (x0, x1))
         else:
