@@ -83,3 +83,21 @@ def test_info_shows_state_and_repair_fixes_a_killed_file(tmp_path):
     assert res.exit_code == 0 and "needed no repair" in res.stdout
     res = CliRunner().invoke(cli, ["info", str(p)])
     assert "state: incomplete" in " ".join(res.stdout.split())
+
+
+@pytest.mark.parametrize("args", [
+    ["merge", "{f}", "-o", "{missing}/x.h5"],
+    ["export", "{f}", "-o", "{missing}/x.npy"],
+    ["pca", "{f}", "--dims", "2", "-o", "{missing}/r.h5"],
+    ["pca", "{f}", "--dims", "2", "--plot", "{missing}/p.png"],
+    ["tsne", "{f}", "--plot", "{missing}/t.png"],
+    ["tsne", "{f}", "-o", "{missing}/t.csv"],
+])
+def test_output_in_a_missing_folder_is_one_line(tmp_path, args):
+    f = tmp_path / "f.h5"
+    _feats(f)
+    missing = tmp_path / "nope"
+    res = CliRunner().invoke(cli, [a.format(f=f, missing=missing) for a in args])
+    assert res.exit_code == 2, res.output
+    assert res.output.startswith("Error: the folder of ") and len(res.output.strip().splitlines()) == 1
+    assert "does not exist" in res.output and not missing.exists()

@@ -179,10 +179,10 @@ Examples:
 @options.feats_argument
 @click.option("--dims", "dims", type=click.IntRange(1, None), multiple=True, required=True,
               help="Target dimensionality (repeat for a sweep).")
-@click.option("-o", "--output", "out", type=click.Path(dir_okay=False), default=None,
+@click.option("-o", "--output", "out", type=options.OutputFile(), default=None,
               help="Write the reduced features (layers <layer>_pca<d>) to this feature file.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing -o file.")
-@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+@click.option("--plot", type=options.OutputFile(), default=None,
               help="Save accuracy vs. dimensions as a figure: .pdf/.svg (vector), .png (1600 px), ...")
 @_svm_options
 @_label_options
@@ -220,9 +220,9 @@ Examples:
   c3dfeat tsne feats.h5 --labels labels.csv --plot tsne.pdf -o tsne.csv
 """)
 @options.feats_argument
-@click.option("--plot", type=click.Path(dir_okay=False), default="tsne.png", show_default=True,
+@click.option("--plot", type=options.OutputFile(), default="tsne.png", show_default=True,
               help="The figure (.png, .pdf, .svg, ...).")
-@click.option("-o", "--output", "out", type=click.Path(dir_okay=False), default=None,
+@click.option("-o", "--output", "out", type=options.OutputFile(), default=None,
               help="Also write the 2-D coordinates as CSV (id,label,x,y).")
 @options.model_in_file
 @options.layer_in_file

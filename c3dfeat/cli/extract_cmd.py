@@ -11,7 +11,7 @@ import click
 
 from c3dfeat.cli import options
 from c3dfeat.cli.progress import make_display
-from c3dfeat.cli.root import UsageError, cli
+from c3dfeat.cli.root import cli
 from c3dfeat.errors import ExtractInterrupted
 
 # Exit codes of `extract` (documented in its help).
@@ -77,7 +77,7 @@ def _parse_models(models: Tuple[str, ...], layers: Tuple[str, ...]) -> List[Tupl
 
 @cli.command("extract", epilog=EXTRACT_EPILOG)
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("-o", "--output", required=True, type=options.OutputFile(),
               help="HDF5 file to write (or resume); its folder must exist.")
 @click.option("-m", "--model", "models", multiple=True, metavar="NAME[:LAYERS]",
               help="Model (repeatable), optionally with its layers. Default: c3d.")
@@ -120,9 +120,6 @@ def extract_command(inputs: Tuple[Path, ...], output: Path, models: Tuple[str, .
                     weights: Tuple[str, ...], crops: Optional[str], crop_deprecated: Optional[str],
                     quiet: bool, as_json: bool, **kw: Any) -> None:
     """Extract features of videos (files, folders, list files) into one HDF5 file."""
-    if not output.parent.is_dir():  # checked before anything slow; the folder is not created
-        raise UsageError(f"the folder of -o {output} does not exist ({output.parent}); create it "
-                         "first or choose another path")
     pairs = _parse_models(models, layers)
     paths: Dict[str, str] = {}
     for w in weights:

@@ -21,7 +21,7 @@ def _console(stderr: bool = False) -> Any:
 
 @cli.command("merge")
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=options.OutputFile(), help="The merged file.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 def merge_command(files: Tuple[Path, ...], output: Path, overwrite: bool) -> None:
     """Join shard files (same settings) into one, ordered like a single run."""
@@ -105,7 +105,7 @@ Examples:
   c3dfeat export feats.h5 -o feats.npz --clips    # also clip features and their timestamps
 """)
 @_feature_file
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("-o", "--output", required=True, type=options.OutputFile(),
               help="Target: .npy (+ .ids.txt), .npz or .csv, by its suffix.")
 @options.model_in_file
 @options.layer_in_file

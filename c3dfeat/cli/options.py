@@ -35,6 +35,25 @@ def stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     return apply
 
 
+class OutputFile(click.Path):
+    """A file the command writes: its folder must exist (it is not created; a typo in a path
+    should not silently make directories). Otherwise one line, exit code 2."""
+
+    def __init__(self) -> None:
+        super().__init__(dir_okay=False, path_type=Path)
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Any:
+        path = super().convert(value, param, ctx)
+        folder = Path(path).parent
+        if not folder.is_dir():
+            from c3dfeat.cli.root import UsageError
+
+            name = param.opts[0] if param is not None and param.opts else "output"
+            raise UsageError(f"the folder of {name} {value} does not exist ({folder}); create it first "
+                             "or choose another path")
+        return path
+
+
 # --- where things run ----------------------------------------------------------------------------
 device = click.option("--device", default="auto", show_default=True,
                       help="auto (the first GPU if any, else cpu), cpu, cuda or cuda:N.")
