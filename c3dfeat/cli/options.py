@@ -6,6 +6,7 @@ signature. A command applies only the options it uses.
 """
 from __future__ import annotations
 
+import os
 import typing
 from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar, Union
@@ -44,7 +45,7 @@ class OutputFile(click.Path):
 
     def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Any:
         path = super().convert(value, param, ctx)
-        folder = Path(path).parent
+        folder = Path(os.fsdecode(path)).parent
         if not folder.is_dir():
             from c3dfeat.cli.root import UsageError
 
