@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, List, Optional, Sequence
@@ -120,7 +121,7 @@ def embedding_figure(Y: np.ndarray, labels: Sequence[Optional[str]], *, title: s
     """Scatter of a 2-D embedding: each class a colour AND a marker shape, legend outside."""
     plt = pyplot()
     labs = np.array([lab if lab is not None else "(none)" for lab in labels], dtype=object)
-    classes = sorted(set(labs))
+    classes = sorted(set(labs), key=_natural_key)  # class2 before class10
     n = len(classes)
     cmap = plt.get_cmap("tab10" if n <= 10 else "tab20" if n <= 20 else "gist_ncar")
     fig, ax = plt.subplots(figsize=(9, 7))
@@ -138,6 +139,10 @@ def embedding_figure(Y: np.ndarray, labels: Sequence[Optional[str]], *, title: s
     if random_init:
         _mark_random_init(fig)
     return fig
+
+
+def _natural_key(label: str) -> List[Any]:
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", str(label))]
 
 
 def write_coordinates(out: str, ids: Sequence[str], labels: Sequence[Optional[str]], Y: np.ndarray) -> None:
