@@ -1,0 +1,43 @@
+"""Decode video frames by index: PyAV (default), decord or torchcodec behind one small interface.
+
+PyAV is the default (fastest at bounded memory here, docs/extract.md "Performance"); decord
+(`--decoder decord`) is bounded by stopping its read-ahead after every request; torchcodec
+(`--decoder torchcodec`, PyTorch's decoder) can decode on a CUDA GPU (NVDEC).
+
+Frames are addressed by their index in presentation order (0 = first decoded frame), never by
+timestamp: container timestamps are unreliable (the UCF101 AVI of the C3D examples has them out
+of order), and clip sampling is defined on frame indices (docs/sampling.md).
+
+    with open_video("a.mp4") as v:
+        v.num_frames, v.fps, v.height, v.width
+        frames = v.get_frames([0, 1, 2])   # uint8 (3, H, W, 3) RGB
+
+Memory is bounded by the request: a reader never decodes or holds a whole video, only the frames
+asked for plus the frames of the previous request (so overlapping clips do not decode twice).
+Every failure (missing file, not a video, no video stream, truncated data, a frame that does not
+decode) raises :class:`~c3dfeat.errors.VideoDecodeError` naming the file and the reason.
+"""
+from __future__ import annotations
+
+from c3dfeat.errors import VideoDecodeError
+from c3dfeat.video._base import BACKENDS, PathLike, VideoReader, _import_backend, available_backends
+from c3dfeat.video._decord import DecordReader
+from c3dfeat.video._pyav import PyAVReader
+from c3dfeat.video._torchcodec import TorchCodecReader
+
+__all__ = ["BACKENDS", "VideoReader", "DecordReader", "PyAVReader", "TorchCodecReader", "open_video",
+           "available_backends", "_import_backend"]
+
+
+def open_video(path: PathLike, backend: str = "pyav", threads: int = 0, device: str = "cpu") -> VideoReader:
+    """Open `path` with `backend` (one of BACKENDS); `threads` = decoder threads (0 = auto);
+    `device` = "cuda[:N]" decodes on the GPU (torchcodec only)."""
+    if device != "cpu" and backend != "torchcodec":
+        raise VideoDecodeError(f"decoding on {device} needs backend='torchcodec' ({backend} decodes on the CPU)")
+    if backend == "decord":
+        return DecordReader(path, threads=threads)
+    if backend == "pyav":
+        return PyAVReader(path, threads=threads)
+    if backend == "torchcodec":
+        return TorchCodecReader(path, threads=threads, device=device)
+    raise VideoDecodeError(f"unknown video backend {backend!r}; choose one of {', '.join(BACKENDS)}")
