@@ -2,8 +2,8 @@
 
     .venv/bin/python scripts/bench_video.py [--threads 1] [--videos DIR]
 
-* decode: each backend reads every frame of each video in increasing windows of 64 indices
-  (what the pipeline asks), frames/s;
+* decode: each available backend (decord, pyav, torchcodec) reads every frame of each video in
+  increasing windows of 64 indices (what the pipeline asks), frames/s;
 * transform: `ClipTransform.frames` on 64 random uint8 frames, frames/s, per model preset
   (320x240 input unless stated).
 
@@ -40,9 +40,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from c3dfeat import get_spec  # noqa: E402
-from c3dfeat.transforms import ClipTransform  # noqa: E402
-from c3dfeat.video import open_video  # noqa: E402
+from c3dfeat import get_spec
+from c3dfeat.runtime import configure_allocator
+from c3dfeat.transforms import ClipTransform
+from c3dfeat.video import available_backends, open_video
 
 
 def bench_decode(path: str, backend: str) -> float:
@@ -69,6 +70,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the transforms")
     ap.add_argument("--videos", default=str(Path(__file__).resolve().parents[2] / "shared" / "videos"))
     args = ap.parse_args()
+    configure_allocator()  # as in extraction
     torch.set_num_threads(args.threads)
     print(f"torch threads: {torch.get_num_threads()}, cpu count: {os.cpu_count()}")
 
@@ -77,10 +79,11 @@ def main() -> None:
         from tests.synth import make_video
 
         videos.append(str(make_video(Path(d) / "synthetic_640x360.mp4", 300, size=(360, 640), fps=30, noise=20)))
-        print("\ndecode (frames/s, 1 decoder thread, windows of 64)")
+        backends = available_backends()
+        print(f"\ndecode (frames/s, 1 decoder thread, windows of 64; load {os.getloadavg()[0]:.1f})")
         for p in videos:
-            row = [f"{bench_decode(p, b):8.1f}" for b in ("decord", "pyav")]
-            print(f"  {os.path.basename(p):32s} decord {row[0]}  pyav {row[1]}")
+            row = "  ".join(f"{b} {bench_decode(p, b):8.1f}" for b in backends)
+            print(f"  {os.path.basename(p):32s} {row}")
 
     print("\ntransform frames() (frames/s, 64 frames per call)")
     for model, crops, hw in [
