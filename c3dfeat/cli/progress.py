@@ -109,31 +109,24 @@ class LineDisplay:
 
 
 class LiveDisplay:
-    """A terminal: one live line (bar over clips, videos, failed, clips/s, ETA, current video)."""
+    """A terminal: one live line (bar over clips, videos, failed, clips/s, ETA, current video).
+
+    Until the first event (models loading, weights downloading with their own progress bar) a
+    static "starting" line is shown; the live line starts with the first planned video.
+    """
 
     def __init__(self, console: Any, what: str = "") -> None:
-        from rich.live import Live
-
         self.console = console
         self.tracker = Tracker()
-        self.what = what
-        self.t0 = time.monotonic()
-        self.live = Live(self._render(None), console=console, refresh_per_second=4, transient=False,
-                         get_renderable=self._renderable)
-        self.live.start()
+        self.live: Any = None
+        console.print(f"[bold]extract[/bold] starting {what}", markup=True, highlight=False)
 
-    def _renderable(self) -> Any:
-        return self._render(self.tracker.last if self.tracker.events else None)
-
-    def _render(self, s: Optional[Snapshot]) -> Any:
+    def _render(self) -> Any:
         from rich.progress_bar import ProgressBar
         from rich.table import Table
 
+        s = self.tracker.last
         grid = Table.grid(padding=(0, 1))
-        if s is None:  # before the first video's clips are planned: models load, inputs are listed
-            grid.add_row(f"[bold]extract[/bold] starting {self.what}",
-                         f"{_hms(time.monotonic() - self.t0)}")
-            return grid
         eta = "?" if s.eta is None else _hms(s.eta)
         grid.add_row(
             "[bold]extract[/bold]",
@@ -150,10 +143,17 @@ class LiveDisplay:
 
     def __call__(self, p: Any) -> None:
         self.tracker.update(p)
+        if self.live is None:
+            from rich.live import Live
+
+            self.live = Live(console=self.console, refresh_per_second=4, transient=False,
+                             get_renderable=self._render)
+            self.live.start()
         self.live.refresh()
 
     def close(self) -> None:
-        self.live.stop()
+        if self.live is not None:
+            self.live.stop()
 
 
 class NoDisplay:
