@@ -115,3 +115,29 @@ def test_models_json_still_lists(tmp_path):
     res = CliRunner().invoke(cli, ["models", "--json", "r3d_18"])
     assert res.exit_code == 0, res.output
     assert [m["name"] for m in json.loads(res.stdout)] == ["r3d_18"]
+
+
+def test_extract_passes_options_and_environment_to_the_api(tmp_path, monkeypatch):
+    """What the user types (or exports) reaches c3dfeat.extract under the API's names."""
+    import c3dfeat.pipeline as pipeline
+
+    seen = {}
+
+    def fake_extract(inputs, output, models, **kw):
+        seen.update(kw, inputs=inputs, output=output, models=models)
+        raise SystemExit(0)  # stop here: nothing to extract
+
+    monkeypatch.setattr(pipeline, "extract", fake_extract)
+    (tmp_path / "v.mp4").write_bytes(b"")
+    env = {"C3DFEAT_REQUIRE_HASHES": "1", "C3DFEAT_WEIGHTS_MIRROR": "http://127.0.0.1:9/m"}
+    res = CliRunner().invoke(cli, ["extract", str(tmp_path / "v.mp4"), "-o", str(tmp_path / "f.h5"),
+                                   "--crop", "10", "--fps", "0", "--retry-failed", "-m", "c3d:fc6-1"], env=env)
+    assert res.exit_code == 0, res.output
+    assert seen["crops"] == 10 and seen["fps"] == 0 and seen["retry_failed"] is True
+    assert seen["require_hashes"] is True and seen["weights_mirror"] == "http://127.0.0.1:9/m"
+    assert seen["device"] == "auto" and seen["batch_size"] is None and seen["engine"] == "local"
+    assert [(r.name, r.layers) for r in seen["models"]] == [("c3d", ("fc6-1",))]
+    assert callable(seen["progress"]) and seen["command_line"].startswith("c3dfeat ")
+    res = CliRunner().invoke(cli, ["extract", str(tmp_path / "v.mp4"), "-o", str(tmp_path / "f.h5"),
+                                   "--weights-mirror", "http://other/"], env={"C3DFEAT_REQUIRE_HASHES": "0"})
+    assert seen["require_hashes"] is False and seen["weights_mirror"] == "http://other/"
