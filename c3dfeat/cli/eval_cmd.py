@@ -16,15 +16,7 @@ _svm_options = options.stack(
     options.model_in_file,
     options.layer_in_file,
     options.norm,
-    click.option("--C", "C", type=click.FloatRange(min=0, min_open=True), default=None,
-                 help="Fix the SVM's C (default: chosen by CV on each training part)."),
-    click.option("--C-grid", "C_grid", default="0.01,0.1,1,10,100,1000", show_default=True,
-                 help="Comma-separated C values tried by the CV."),
-    click.option("--cv-folds", type=click.IntRange(2, None), default=3, show_default=True,
-                 help="Folds of the CV that chooses C (inside the training part)."),
-    click.option("--solver", type=click.Choice(["torch", "liblinear"]), default="torch",
-                 show_default=True, help="torch: vectorised one-vs-rest solver (CPU/GPU); "
-                                         "liblinear: scikit-learn LinearSVC, the reference."),
+    options.svm,
     options.device,
     options.as_json,
 )

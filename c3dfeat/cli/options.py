@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional, TypeVar, Union
 
 import click
 
+from c3dfeat.evaluate.choices import DATASETS, DEFAULT_CS, NORMS, SOLVERS
 from c3dfeat.sampling import SamplingConfig
 from c3dfeat.specs import COMPUTE_DTYPES, CROP_MODES, CROP_REDUCTIONS
 from c3dfeat.video import BACKENDS
@@ -112,15 +113,28 @@ model_in_file = click.option("--model", default=None,
                              help="Model in the file (default: the only one).")
 layer_in_file = click.option("--layer", default=None,
                              help="Layer or alias, e.g. fc6 or final_avg (default: the first stored).")
-norm = click.option("--norm", type=click.Choice(["l2", "none", "power-l2"]), default="l2",
+norm = click.option("--norm", type=click.Choice(NORMS), default=NORMS[0],
                     show_default=True, help="Per-video normalisation of the clip-mean descriptor "
                                             "(l2 = the C3D paper's recipe).")
 seed = click.option("--seed", type=int, default=0, show_default=True,
                     help="Seed of the folds, the solvers and the embeddings.")
 
+# --- the linear SVM (linear-eval, pca) ------------------------------------------------------------
+svm = stack(
+    click.option("--C", "C", type=click.FloatRange(min=0, min_open=True), default=None,
+                 help="Fix the SVM's C (default: chosen by CV on each training part)."),
+    click.option("--C-grid", "C_grid", default=",".join(f"{c:g}" for c in DEFAULT_CS), show_default=True,
+                 help="Comma-separated C values tried by the CV."),
+    click.option("--cv-folds", type=click.IntRange(2, None), default=3, show_default=True,
+                 help="Folds of the CV that chooses C (inside the training part)."),
+    click.option("--solver", type=click.Choice(SOLVERS), default=SOLVERS[0], show_default=True,
+                 help="torch: vectorised one-vs-rest solver (CPU/GPU); liblinear: scikit-learn "
+                      "LinearSVC, the reference."),
+)
+
 # --- labels and splits -------------------------------------------------------------------------------
 label_source = stack(
-    click.option("--dataset", type=click.Choice(["ucf101", "hmdb51"]), default=None,
+    click.option("--dataset", type=click.Choice(DATASETS), default=None,
                  help="Official lists: ucf101 (ucfTrainTestlist/) or hmdb51 "
                       "(testTrainMulti_7030_splits/); needs --splits."),
     click.option("--splits", "splits_dir", type=click.Path(exists=True, file_okay=False),

@@ -14,11 +14,9 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from c3dfeat.errors import EvalError
+from c3dfeat.evaluate.choices import DEFAULT_CS as DEFAULT_CS, NORMS as NORMS
 from c3dfeat.evaluate.splits import Protocol, Split
 from c3dfeat.evaluate.svm import SOLVERS, accuracy, make_svm
-
-NORMS = ("l2", "none", "power-l2")
-DEFAULT_CS = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
 
 
 def normalize(X: np.ndarray, norm: str = "l2") -> np.ndarray:

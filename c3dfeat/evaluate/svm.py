@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from c3dfeat.errors import EvalError
+from c3dfeat.evaluate.choices import SOLVERS as SOLVERS
 
-SOLVERS = ("torch", "liblinear")
 # Stopping tolerance of the fits that only RANK the C values in cross-validation (the final fit
 # uses liblinear's 1e-4). Measured on synthetic fc6-like data (4,000 x 1,024, 101 classes), the
 # C path 0.01..1000 costs 4x less than at 1e-3 with the same held-out accuracy for C <= 1 and
