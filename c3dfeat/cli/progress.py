@@ -17,7 +17,7 @@ LINE_INTERVAL_S = 30.0
 
 @dataclass
 class Snapshot:
-    """The numbers every display shows (see :func:`snapshot`)."""
+    """The numbers every display shows, from one Progress event (plus the ETA of :class:`Tracker`)."""
 
     videos_done: int = 0
     videos_total: int = 0
