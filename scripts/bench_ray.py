@@ -1,6 +1,7 @@
 """In-process vs `--engine ray` (local runtime) on the same videos: wall time and file equality.
 
     .venv/bin/python scripts/bench_ray.py /work/shared/videos --model c3d --rounds 1
+    .venv/bin/python scripts/bench_ray.py - --driver 2000 10     # the driver's writer alone
 
 Alternates A (in-process) and B (Ray, its local runtime started and stopped inside the call, as
 a user's `c3dfeat extract --engine ray` does) in one process; prints each wall time, the ratio
@@ -41,7 +42,12 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--pretrained", action="store_true", help="use the checkpoint (default: --random-init)")
+    ap.add_argument("--driver", nargs=2, type=int, metavar=("VIDEOS", "CLIPS"),
+                    help="measure only the driver-side writer on synthetic rows (VIDEOS videos of CLIPS clips)")
     args = ap.parse_args()
+    if args.driver:
+        bench_driver(*args.driver, model=args.model)
+        return
     from c3dfeat.pipeline import extract
 
     opts = dict(random_init=not args.pretrained, device="cpu", batch_size=args.batch_size, workers=args.workers,
@@ -61,6 +67,58 @@ def main() -> None:
             print(f"  ray       : {tb:7.1f} s  ({rb.ok} videos, {rb.clips} clips; pipeline {rb.run_seconds:.1f} s)"
                   f"  load {os.getloadavg()[0]:.1f}", flush=True)
             print(f"  ratio ray/in-process: {tb / ta:.2f}   files equal: {same_file(a, b)}", flush=True)
+
+
+
+def bench_driver(videos: int, clips: int, model: str = "c3d") -> None:
+    """The Ray driver's side alone: rows in (as the actors send them) → assembled → HDF5 commits.
+
+    Feeds `_commit_stream` (the engine's own driver loop) synthetic feature rows of `videos`
+    videos with `clips` clips each, in blocks of one video, and prints videos/s and clips/s:
+    the ceiling of a single driver-side writer, to compare with what a cluster delivers.
+    """
+    import pickle
+
+    import torch
+
+    from c3dfeat.engines import ray as engine
+    from c3dfeat.pipeline.decode import VideoTask
+    from c3dfeat.pipeline.plan import ModelRequest, prepare_models
+    from c3dfeat.pipeline.report import ExtractReport
+    from c3dfeat.sampling import sample_clips
+    from c3dfeat.store import VideoRecord, open_writer
+
+    (pm,) = prepare_models([ModelRequest(model)], device=torch.device("cpu"), random_init=True)
+    n_values = sum(int(np.prod(pm.feature_shape(layer))) for layer in pm.layers)
+    plan = sample_clips(clips * pm.sampling.stride, 30.0, pm.sampling)[:clips]
+    feature = np.random.default_rng(0).standard_normal(n_values).astype(np.float32).tobytes()
+
+    class Stream:
+        def iter_batches(self, **_: object):
+            for seq in range(videos):
+                rec = VideoRecord(id=f"v{seq:07d}.mp4", path=f"/data/v{seq:07d}.mp4", input_index=seq,
+                                  num_frames=clips * 16, fps=30.0, duration=clips * 16 / 30, height=240, width=320)
+                n = len(plan)
+                meta = [pickle.dumps((rec, [plan]))] + [b""] * (n - 1)
+                yield {"seq": np.full(n, seq), "kind": np.zeros(n, np.int64), "model": np.zeros(n, np.int64),
+                       "clip": np.arange(n), "end": np.arange(n) == n - 1, "meta": np.array(meta, dtype=object),
+                       "data": np.array([feature] * n, dtype=object)}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "driver.h5"
+        todo = [VideoTask(i, f"v{i:07d}.mp4", Path(f"/data/v{i:07d}.mp4"), "", i) for i in range(videos)]
+        report = ExtractReport(output=out)
+        writer = open_writer(out, [pm.info], {"decoder": "pyav", "dtype": "fp32"})
+        t0 = time.monotonic()
+        try:
+            engine._commit_stream(Stream(), todo, [pm], writer, report, None, t0)
+        finally:
+            writer.close()
+        dt = time.monotonic() - t0
+        size = out.stat().st_size
+    print(f"driver: {videos} videos x {len(plan)} clips of {model} ({n_values} values/clip): {dt:.1f} s, "
+          f"{videos / dt:.0f} videos/s, {videos * len(plan) / dt:.0f} clips/s, file {size / 2**20:.0f} MiB, "
+          f"load {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

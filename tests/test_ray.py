@@ -8,6 +8,7 @@ a video (tests/_ray_hooks.py) and expects the retried task to change nothing.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import h5py
@@ -31,6 +32,9 @@ OPTS = dict(random_init=True, device="cpu", batch_size=3)
 
 @pytest.fixture(scope="module")
 def ray_runtime():
+    # A private runtime on this machine: no token authentication. Set for the whole process (the
+    # driver keeps its auth mode across ray.init calls; test_ray_cluster.py needs it off too).
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning",
              runtime_env={"env_vars": {"PYTHONPATH": str(REPO)},
                           "worker_process_setup_hook": "tests._ray_hooks.setup"})
@@ -76,7 +80,7 @@ def test_local_runtime_equals_in_process(ray_runtime, videos, reference, tmp_pat
     assert _run_attr(out)["engine"] == "ray" and _run_attr(reference)["engine"] == "local"
 
 
-def test_worker_killed_mid_video_is_retried(ray_runtime, tmp_path, tiny_models):
+def test_worker_killed_mid_video_is_retried(ray_runtime, tmp_path):
     d = tmp_path / "vids"
     # 80 frames of 32x32: several decode windows, so the kill lands after clips were emitted
     make_video(d / "a.mp4", 10, size=(32, 32), noise=10)
@@ -112,9 +116,9 @@ def test_resume_across_engines(ray_runtime, videos, reference, tmp_path, first, 
     out = tmp_path / "out.h5"
     with pytest.raises(ExtractInterrupted) as e:
         extract([videos], out, MODELS, engine=first, progress=_interrupt_after(3), **OPTS)
-    assert e.value.saved == 3
+    assert e.value.saved >= 3  # the Ray engine commits finished videos in groups
     report = extract([videos], out, MODELS, engine=then, **OPTS)
-    assert report.skipped == 3 and report.total == 9
+    assert report.skipped == e.value.saved and report.total == 9
     _assert_same_datasets(out, reference)
     # The engine is a run attribute (of the run that created the file), never compared provenance.
     assert _run_attr(out)["engine"] == first

@@ -26,13 +26,15 @@ header have arrived; rows of already committed videos are ignored.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
 import os
 import pickle
 import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -42,7 +44,14 @@ from c3dfeat.pipeline.api import _failed_before, _open_writer, resolve_tasks
 from c3dfeat.pipeline.assemble import VideoAssembler
 from c3dfeat.pipeline.batching import BatchRunner
 from c3dfeat.pipeline.decode import ClipReady, VideoEnd, VideoFailed, VideoStart, VideoTask, decode_video
-from c3dfeat.pipeline.plan import COMPUTE_DTYPES, ModelRequest, PreparedModel, default_batch_size, prepare_models
+from c3dfeat.pipeline.plan import (
+    COMPUTE_DTYPES,
+    Crops,
+    ModelRequest,
+    PreparedModel,
+    default_batch_size,
+    prepare_models,
+)
 from c3dfeat.pipeline.report import ExtractReport, Progress
 
 __all__ = ["extract_ray"]
@@ -51,6 +60,9 @@ PathLike = Union[str, "os.PathLike[str]"]
 # Row kinds of the decode → inference → driver stream (one schema for every row).
 _CLIP, _EMPTY, _FAILED = 0, 1, 2
 _BLOCK_BYTES = 16 << 20  # Ray Data block target: a few C3D clips (2.4 MB each) per block
+_COMMIT_VIDEOS = 64  # finished videos committed by one writer call (scripts/bench_ray.py --driver)
+_COMMIT_SECONDS = 1.0  # ... or when the oldest has waited this long
+_NO_NET: Any = None  # decode tasks get the models without their networks
 
 
 # ----------------------------------------------------------------------------- decode tasks
@@ -102,13 +114,15 @@ class _InferenceActor:
 
         from c3dfeat.pipeline.api import _prepare_runtime
 
-        if threads > 0:
-            torch.set_num_threads(threads)
+        # Ray sets OMP_NUM_THREADS=1 in its workers; a CPU actor uses the node's cores as the
+        # in-process engine's main thread does (decode tasks run beside it there too).
+        torch.set_num_threads(threads if threads > 0 else (os.cpu_count() or 1) if device == "cpu" else 1)
         dev = torch.device(device)
         _prepare_runtime(dev, allow_tf32)
         models = ray.get(models_ref) if isinstance(models_ref, ray.ObjectRef) else models_ref
-        self.runners = [BatchRunner(dataclasses.replace(m, net=m.net.to(dev)), batch_size, dev, dtype)
-                        for m in models]
+        self.runners: List[BatchRunner[int]] = [
+            BatchRunner(dataclasses.replace(m, net=m.net.to(dev)), batch_size, dev, dtype) for m in models
+        ]
 
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         kinds, model_of, data = batch["kind"], batch["model"], batch["data"]
@@ -185,6 +199,10 @@ class _Collector:
             self.assembler.end(seq)
         return started_id
 
+    def forget(self, seq: int) -> None:
+        """The video left the assembler (committed): later copies of its rows are ignored."""
+        self._started.pop(seq, None)
+
     def _put(self, seq: int, model: int, clip: int, data: bytes) -> None:
         seen = self._started[seq]
         if (model, clip) in seen:
@@ -212,14 +230,30 @@ def _start_ray(ray_address: Optional[str], workers: int) -> bool:
         return False
     if ray_address in (None, "", "local"):
         # The in-process engine's shape: `workers` decoders beside one inference worker.
-        ray.init(num_cpus=workers + 1, include_dashboard=False, log_to_driver=False, logging_level="warning")
+        ray.init(num_cpus=workers + 1, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
         return True
     try:
-        ray.init(address=ray_address, log_to_driver=False, logging_level="warning")
+        ray.init(address=ray_address, log_to_driver=False, logging_level=logging.WARNING)
     except ConnectionError as e:
         raise ConfigError(f"--ray-address {ray_address}: no Ray cluster answers there ({e}); start one with "
                           "`ray start --head`, or leave --ray-address out for a local runtime") from None
     return True
+
+
+def _import_engine() -> int:
+    """Runs in a Ray worker: imports torch and c3dfeat (seconds on a busy machine) ahead of use."""
+    import c3dfeat.engines.ray  # noqa: F401  (the import is the work)
+
+    return os.getpid()
+
+
+def _warm_workers() -> List[Any]:
+    """Start the import in as many workers as the cluster has CPUs, while the driver builds the
+    models; Ray reuses these worker processes for the decode tasks and the actors."""
+    import ray
+
+    warm = ray.remote(num_cpus=1)(_import_engine)
+    return [warm.remote() for _ in range(min(256, int(ray.cluster_resources().get("CPU", 1))))]
 
 
 def _cluster_device(device: str) -> Tuple[torch.device, int]:
@@ -255,35 +289,55 @@ def _dataset(todo: Sequence[VideoTask], prepared: Sequence[PreparedModel], *, de
             for t in todo]
     # One video per block (up to 10k blocks): a retried task redoes one video, and decode tasks
     # start in input order, which keeps the driver's in-order commit buffer short.
-    ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 10_000))
-    light = [dataclasses.replace(m, net=None) for m in prepared]  # decoders need transforms, not nets
-    ds = ds.flat_map(_decode_rows, fn_kwargs={"models": light, "decoder": decoder}, num_cpus=1)
+    videos = ray.data.from_items(rows, override_num_blocks=min(len(rows), 10_000))
+    light = [dataclasses.replace(m, net=_NO_NET) for m in prepared]  # decoders need transforms, not nets
+    clips = videos.flat_map(functools.partial(_decode_rows, models=light, decoder=decoder), num_cpus=1)
     if device.type == "cuda":
-        pool, resources, threads = max(1, gpus), {"num_gpus": 1}, 0
+        pool, num_cpus, num_gpus, threads = max(1, gpus), None, 1, 0
     else:
         # CPU inference: one actor per node at most, most CPUs left to decoding; the actor's torch
         # uses the node's cores like the in-process engine's main thread does.
         nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
         cpus = int(ray.cluster_resources().get("CPU", 1))
-        pool, resources, threads = max(1, min(nodes, cpus // 4)), {"num_cpus": 1}, 0
+        pool, num_cpus, num_gpus, threads = max(1, min(nodes, cpus // 4)), 1, None, 0
     models_ref = ray.put(list(prepared))
-    return ds.map_batches(
+    return clips.map_batches(
         _InferenceActor,
         fn_constructor_args=(models_ref, device.type, dtype, allow_tf32, batch_size, threads),
-        batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=pool), **resources,
+        batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=pool),
+        num_cpus=num_cpus, num_gpus=num_gpus,
     )
 
 
 def _commit_stream(stream: Any, todo: Sequence[VideoTask], prepared: Sequence[PreparedModel], writer: Any,
                    report: ExtractReport, progress: Optional[Callable[[Progress], None]], t0: float) -> None:
-    """Drain the dataset; commit finished videos in input order (the in-process protocol)."""
+    """Drain the dataset; commit finished videos in input order (the in-process protocol).
+
+    Finished videos are committed together, up to `_COMMIT_VIDEOS` at a time or after
+    `_COMMIT_SECONDS`: one ``add_videos`` call costs about what one ``add_video`` does, and the
+    single writer is the ceiling of a cluster run (docs/scale.md).
+    """
     collector = _Collector(prepared, len(todo))
+    ready: List[Any] = []
+    oldest = 0.0
+    committed = 0
 
     def emit(event: str, current: str) -> None:
         if progress is not None:
-            progress(Progress(report.skipped + collector.assembler.head, report.total, len(report.failed),
-                              report.clips, collector.planned, time.monotonic() - t0,
-                              current, event))
+            progress(Progress(report.skipped + committed, report.total, len(report.failed), report.clips,
+                              collector.planned, time.monotonic() - t0, current, event))
+
+    def commit() -> None:
+        nonlocal committed
+        writer.add_videos([(r.record, r.results) for r in ready])
+        for r in ready:
+            committed += 1
+            if r.failed:
+                report.failed.append((r.record.id, r.record.error))
+            else:
+                report.ok += 1
+            emit("commit", r.record.id)
+        ready.clear()
 
     for batch in stream.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
         cols = (batch["seq"], batch["kind"], batch["model"], batch["clip"], batch["end"], batch["meta"], batch["data"])
@@ -295,14 +349,15 @@ def _commit_stream(stream: Any, todo: Sequence[VideoTask], prepared: Sequence[Pr
                 emit("start", started)
         if report.clips != clips_before:
             emit("batch", "")
-        for ready in collector.assembler.pop_ready():
-            writer.add_video(ready.record, ready.results)
-            collector._started.pop(ready.seq, None)
-            if ready.failed:
-                report.failed.append((ready.record.id, ready.record.error))
-            else:
-                report.ok += 1
-            emit("commit", ready.record.id)
+        for video in collector.assembler.pop_ready():
+            collector.forget(video.seq)
+            if not ready:
+                oldest = time.monotonic()
+            ready.append(video)
+        if ready and (len(ready) >= _COMMIT_VIDEOS or time.monotonic() - oldest >= _COMMIT_SECONDS):
+            commit()
+    if ready:
+        commit()
     if not collector.assembler.finished:
         raise RuntimeError(f"internal error: the Ray stream ended with {len(todo) - collector.assembler.head} "
                            "videos uncommitted")
@@ -325,7 +380,7 @@ def extract_ray(
     num_clips: Optional[int] = None,
     fps: Optional[float] = None,
     tail: str = "pad",
-    crops: Union[str, int] = "center",
+    crops: Crops = "center",
     crop_reduce: str = "mean",
     weights: Optional[PathLike] = None,
     weights_dir: Optional[PathLike] = None,
@@ -356,7 +411,8 @@ def extract_ray(
     reqs = [ModelRequest.of(m) for m in models]
     if weights is not None:
         if len(reqs) != 1:
-            raise ConfigError("weights=PATH needs exactly one model; set ModelRequest(name, layers, weights=...) per model")
+            raise ConfigError("weights=PATH needs exactly one model; "
+                              "set ModelRequest(name, layers, weights=...) per model")
         reqs = [dataclasses.replace(reqs[0], weights=str(weights))]
     if dtype not in COMPUTE_DTYPES:
         raise ConfigError(f"dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {dtype!r}")
@@ -369,10 +425,13 @@ def extract_ray(
     tasks, shard_kn = resolve_tasks(inputs, shard)
     started = _start_ray(ray_address, workers)
     try:
+        warming = _warm_workers()  # noqa: F841  (kept alive until the dataset starts)
         dev, gpus = _cluster_device(device)
         if batch_size is None:
             batch_size = default_batch_size(dev, [r.name for r in reqs])
         report = ExtractReport(output=Path(output), device=str(dev), dtype=dtype, batch_size=batch_size, engine="ray")
+        if dev.type == "cpu" and dtype == "fp16":
+            report.warnings.append("fp16 on CPU is slow and not exact; use fp32 or bf16 on CPU")
         overrides = dict(clip_len=clip_len, stride=stride, frame_step=frame_step, num_clips=num_clips, fps=fps,
                          tail=tail)
         # Built once here, on CPU: the actors get these very networks (and weights) through the
