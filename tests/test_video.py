@@ -267,3 +267,13 @@ def test_decord_stops_its_read_ahead_after_each_request(vids, monkeypatch):
             idx = list(range(start, start + 16))
             assert [frame_index(f) for f in v.get_frames(idx)] == idx
         assert calls == [0, 0, 0]
+
+
+@needs_torchcodec
+def test_torchcodec_leaves_avi_to_pyav(vids):
+    """AVI timestamps can be out of order (UCF101): torchcodec would number frames wrongly."""
+    with open_video(vids["mpeg4_avi"], "torchcodec") as v:
+        assert v.backend == "pyav"
+        assert [frame_index(f) for f in v.get_frames(range(50))] == list(range(50))
+    with open_video(vids["h264"], "torchcodec") as v:
+        assert v.backend == "torchcodec"

@@ -2,7 +2,8 @@
 
 PyAV is the default (fastest at bounded memory here, docs/extract.md "Performance"); decord
 (`--decoder decord`) is bounded by stopping its read-ahead after every request; torchcodec
-(`--decoder torchcodec`, PyTorch's decoder) can decode on a CUDA GPU (NVDEC).
+(`--decoder torchcodec`, PyTorch's decoder) can decode on a CUDA GPU (NVDEC); it reads
+MP4/MOV/Matroska/WebM files, other containers (AVI) go to PyAV (see `open_video`).
 
 Frames are addressed by their index in presentation order (0 = first decoded frame), never by
 timestamp: container timestamps are unreliable (the UCF101 AVI of the C3D examples has them out
@@ -22,7 +23,7 @@ from __future__ import annotations
 from c3dfeat.errors import VideoDecodeError
 from c3dfeat.video._base import BACKENDS, PathLike, VideoReader, _import_backend, available_backends
 from c3dfeat.video._decord import DecordReader
-from c3dfeat.video._pyav import PyAVReader
+from c3dfeat.video._pyav import PyAVReader, timestamps_index_frames
 from c3dfeat.video._torchcodec import TorchCodecReader
 
 __all__ = ["BACKENDS", "VideoReader", "DecordReader", "PyAVReader", "TorchCodecReader", "open_video",
@@ -39,5 +40,10 @@ def open_video(path: PathLike, backend: str = "pyav", threads: int = 0, device: 
     if backend == "pyav":
         return PyAVReader(path, threads=threads)
     if backend == "torchcodec":
+        if not timestamps_index_frames(path):
+            # torchcodec numbers frames by their timestamps; in AVI and other such containers
+            # they can be out of order (the UCF101 clips: frames swapped, the last one missing),
+            # so those files are read by PyAV, whose frames torchcodec's equal elsewhere.
+            return PyAVReader(path, threads=threads)
         return TorchCodecReader(path, threads=threads, device=device)
     raise VideoDecodeError(f"unknown video backend {backend!r}; choose one of {', '.join(BACKENDS)}")

@@ -176,7 +176,7 @@ class VideoReader:
     def __del__(self) -> None:  # pragma: no cover - best effort
         try:
             self.close()
-        except Exception:
+        except Exception:  # noqa: BLE001 - a finalizer must not raise
             pass
 
     def __repr__(self) -> str:

@@ -65,12 +65,12 @@ class DecordReader(VideoReader):
         try:
             with _quiet_stderr():
                 vr = decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=1)
-        except Exception:
+        except Exception:  # noqa: BLE001 - decord's errors have no common type; failure path only
             return indices[0]
         for i in indices:
             try:
                 vr[i].asnumpy()
-            except Exception:
+            except Exception:  # noqa: BLE001 - as above
                 return i
         return None
 

@@ -192,3 +192,16 @@ class PyAVReader(VideoReader):
 
 class _LostTrack(Exception):
     """A decoded frame's timestamp does not give the expected index (PyAV seeking)."""
+
+
+def timestamps_index_frames(path: PathLike) -> bool:
+    """True unless `path` opens as a container whose timestamps may not give the frame order
+    (anything but MP4/MOV/Matroska/WebM). A file PyAV cannot open answers True: the caller's
+    own reader then says why it cannot be read."""
+    av = _import_backend("pyav")
+    try:
+        with av.open(str(path), metadata_errors="ignore") as container:
+            fmt = container.format.name or ""
+    except Exception:  # noqa: BLE001 - the caller's reader reports the real error
+        return True
+    return any(f in fmt.split(",") for f in PyAVReader._SEEKABLE_FORMATS)
