@@ -10,7 +10,9 @@ Targets (issue 9): every --help <= 0.5 s, `c3dfeat models` <= 2 s.
 Measured (3 rounds, the shared 2-core machine at load average 15, medians): `import torch` 4.49 s;
 every --help 0.43-0.50 s (no torch imported: 0.06 s on the idle machine); `c3dfeat models` with
 the facts cache 4.74 s, 1.06x the torch floor; with an empty cache 14.9 s (every model built on
-the meta device and its FLOPs counted). Before issue 9 (idle machine): --help 2 s, models 6-9 s.
+the meta device and its FLOPs counted). At load average 6.7: torch 3.00 (min 1.89) s; --help
+0.28-0.33 (min 0.17-0.22) s; models warm 3.16 (min 1.51) s, --json 2.50 (min 1.49) s; cold 8.0 s.
+Before issue 9 (idle machine): --help 2 s, models 6-9 s.
 """
 from __future__ import annotations
 
