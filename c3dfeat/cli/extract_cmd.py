@@ -24,6 +24,7 @@ Examples:
   c3dfeat extract videos/ -o feats.h5 --model c3d:fc6,fc7 --model r2plus1d_34.ig65m_32f
   c3dfeat extract list.txt -o feats.h5 --model c3d --layers fc6,fc7 --crops 10 --half
   c3dfeat extract videos/ -o part2.h5 --shard 2/8 && c3dfeat merge part*.h5 -o all.h5
+  c3dfeat extract videos/ -o feats.h5 --json -q > summary.json
 
 \b
 Models and layers: --model NAME[:LAYER,LAYER] (repeatable); --layers [MODEL:]LAYER,LAYER
