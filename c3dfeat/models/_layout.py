@@ -98,7 +98,8 @@ def get_inference_layout(model: nn.Module, device: object = None) -> str:
 
 def _convert_weights(model: nn.Module, layout: str) -> None:
     if model.__dict__.get(_APPLIED) != layout:
-        model.to(memory_format=_FORMATS[layout])  # only 5-D parameters and buffers change
+        # only 5-D parameters and buffers change (torch's stubs omit the memory_format overload)
+        model.to(memory_format=_FORMATS[layout])  # type: ignore[call-overload]
         model.__dict__[_APPLIED] = layout
 
 

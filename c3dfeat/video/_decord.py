@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import numpy as np
 
@@ -17,7 +17,7 @@ class DecordReader(VideoReader):
 
     def __init__(self, path: PathLike, threads: int = 0) -> None:
         self._threads = threads
-        self._vr = None
+        self._vr: Any = None  # decord.VideoReader (untyped library)
         super().__init__(path)
 
     def _open(self) -> None:

@@ -1,7 +1,7 @@
 """PyAV backend."""
 from __future__ import annotations
 
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, cast
 
 import numpy as np
 
@@ -32,9 +32,9 @@ class PyAVReader(VideoReader):
 
     def __init__(self, path: PathLike, threads: int = 0) -> None:
         self._threads = threads
-        self._container = None
-        self._stream = None
-        self._frames: Optional[Iterator] = None
+        self._container: Any = None  # av.container.InputContainer
+        self._stream: Any = None
+        self._frames: Any = None  # the decoder's frame iterator
         self._next = 0  # index of the frame the decoder yields next
         self._pts_index: Optional[Dict[int, int]] = None  # pts -> frame index (seekable files)
         self._keyframes: List[Tuple[int, int]] = []  # (frame index, pts) of key frames, sorted
@@ -87,9 +87,10 @@ class PyAVReader(VideoReader):
                 and None not in pts
                 and len(set(pts)) == n
             ):
-                order = sorted(pts)  # presentation order
-                self._pts_index = {p: i for i, p in enumerate(order)}
-                self._keyframes = sorted((self._pts_index[p], p) for p in keys)
+                order = sorted(cast(List[int], pts))  # presentation order (no None: checked above)
+                index = {p: i for i, p in enumerate(order)}
+                self._pts_index = index
+                self._keyframes = sorted((index[p], p) for p in cast(List[int], keys))
         except VideoDecodeError:
             container.close()
             raise

@@ -1,7 +1,7 @@
 """torchcodec backend (CPU or CUDA decoding)."""
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 import numpy as np
 
@@ -22,7 +22,7 @@ class TorchCodecReader(VideoReader):
     def __init__(self, path: PathLike, threads: int = 0, device: str = "cpu") -> None:
         self._threads = threads
         self._device = device
-        self._dec = None
+        self._dec: Any = None  # torchcodec.decoders.VideoDecoder
         super().__init__(path)
 
     def _open(self) -> None:
