@@ -39,12 +39,14 @@ _FORMATS = {CHANNELS_LAST_3D: torch.channels_last_3d, CONTIGUOUS: torch.contiguo
 # scripts/bench_models.py, both layouts alternating run by run; medians, contiguous time /
 # channels_last time): r2plus1d_18 1.9x, mc3_18 1.5x, r2plus1d_34 (8x112x112) 1.33x,
 # ip_csn_152 (8x112x112) 1.8x, r3d_18 1.15x, res3d_18 1.05-1.2x faster in channels_last_3d;
-# ir_csn_152 (8x112x112) 4.2x SLOWER (its depthwise 3x3x3 convolutions), C3D within noise
-# (0.9-1.1x). r2plus1d_152 follows its family (not measured); models not listed (c3d, the CSNs
-# with depthwise convolutions, pytorchvideo's r2plus1d_r50) stay "contiguous", the layout
-# PyTorch modules are created in. CUDA: nothing measured yet (scripts/bench_gpu.py), contiguous.
+# C3D 1.20x (6 of 6 pairs at load ~5; at load 13-25 the runs disagreed); ir_csn_152 (8x112x112)
+# 4.2x SLOWER (its depthwise 3x3x3 convolutions). r2plus1d_152 follows its family (not
+# measured); models not listed (ir_csn_152, csn_r101, pytorchvideo's r2plus1d_r50) stay
+# "contiguous", the layout PyTorch modules are created in. CUDA: nothing measured yet
+# (scripts/bench_gpu.py), contiguous.
 DEFAULT_LAYOUTS: Dict[str, Dict[str, str]] = {
     "cpu": {
+        "c3d": CHANNELS_LAST_3D,
         "r2plus1d_18": CHANNELS_LAST_3D,
         "r2plus1d_34": CHANNELS_LAST_3D,
         "r2plus1d_152": CHANNELS_LAST_3D,
