@@ -164,7 +164,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     out = args.cache_dir / "bench_gpu.h5"
     for size in ((240, 320), (720, 1280)):
         folder = _videos(args.cache_dir, size, video_seconds, copies=max(2, min(cores, 4 if args.quick else 32)))
-        plans = [("pyav", "cpu", cores)]
+        plans = [("pyav", "cpu", min(cores, 32))]  # workers = cores (capped: threads, not processes)
         if has_tc:
             plans.append(("torchcodec", "cpu" if dev.type == "cpu" else str(dev), max(1, min(cores, 4))))
         for decoder, ddev, workers in plans:
