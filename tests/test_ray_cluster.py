@@ -6,8 +6,8 @@ With one CPU per node, the inference actor holds one node's CPU and every decode
 the other node: both nodes work. Tests:
 
 * the cluster's file equals the in-process file, dataset by dataset;
-* (slow) the driver SIGKILLed after two commits: rerunning the same call resumes, and the file
-  equals the uninterrupted in-process run.
+* (slow) the driver SIGKILLed mid-run (writer open): rerunning the same call resumes, and the
+  file equals the uninterrupted in-process run.
 """
 from __future__ import annotations
 
@@ -105,8 +105,8 @@ def cluster(tmp_path_factory):
 def videos(tmp_path_factory):
     d = tmp_path_factory.mktemp("cluster_videos")
     for i in range(6):
-        # v4 is long (39 clips): the driver kill lands while it is being extracted
-        make_video(d / f"v{i}.mp4", 80 if i == 4 else 6 + 3 * i, size=(32, 32), noise=10)
+        # the last video is long (99 clips): the run lasts a few seconds on the cluster
+        make_video(d / f"v{i}.mp4", 200 if i == 5 else 6 + 3 * i, size=(32, 32), noise=10)
     make_broken(d, "text")
     return d
 
@@ -152,7 +152,10 @@ def test_driver_killed_then_rerun_resumes(cluster, videos, reference, tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         t0 = time.monotonic()
-        while proc.poll() is None and time.monotonic() - t0 < 180 and _committed(out) < 2:
+        # As soon as the file exists: the writer is open and no clip is computed yet (a kill after
+        # some commits is what test_ray.py's interrupted runs and tests/test_resume.py cover;
+        # here commits come in groups, so "after 2 commits" can mean "after all of them").
+        while proc.poll() is None and time.monotonic() - t0 < 180 and _committed(out) < 0:
             time.sleep(0.01)
         assert proc.poll() is None, f"the driver ended before the kill point: {proc.stderr.read()[-3000:]}"
         proc.send_signal(signal.SIGKILL)
@@ -162,7 +165,7 @@ def test_driver_killed_then_rerun_resumes(cluster, videos, reference, tmp_path):
             proc.kill()
             proc.wait()
     saved = _committed(out)
-    assert 2 <= saved < 7
+    assert 0 <= saved < 7
     report = extract([videos], out, MODELS, engine="ray", ray_address=cluster, **OPTS)
     assert report.skipped == saved
     _assert_same_datasets(out, reference)
