@@ -175,3 +175,15 @@ def test_layout_changes_only_float_rounding(name, size):
     assert a.shape == b.shape
     scale = float(a.abs().max())
     np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_weights_converted_inside_inference_mode_stay_ordinary_tensors(tiny_lw):
+    """extract_layers runs in inference mode; the lazy weight conversion must not leave
+    inference tensors behind (a later forward with autograd on would fail)."""
+    m = create_model(tiny_lw)
+    x = torch.rand(1, 3, 4, 24, 24)
+    extract_layers(m, x, "pool")  # converts the weights to channels_last_3d, in inference mode
+    assert not m.conv.weight.is_inference()
+    y = m.forward_layers(x.requires_grad_(), ["pool"])["pool"]  # autograd on
+    y.sum().backward()
+    assert x.grad is not None

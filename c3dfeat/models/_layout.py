@@ -100,8 +100,11 @@ def get_inference_layout(model: nn.Module, device: object = None) -> str:
 
 def _convert_weights(model: nn.Module, layout: str) -> None:
     if model.__dict__.get(_APPLIED) != layout:
-        # only 5-D parameters and buffers change (torch's stubs omit the memory_format overload)
-        model.to(memory_format=_FORMATS[layout])  # type: ignore[call-overload]
+        # Only 5-D parameters and buffers change (torch's stubs omit the memory_format overload).
+        # Outside inference mode even when called from extract_layers: the converted weights must
+        # stay ordinary tensors, usable by a later forward pass with autograd on.
+        with torch.inference_mode(False), torch.no_grad():
+            model.to(memory_format=_FORMATS[layout])  # type: ignore[call-overload]
         model.__dict__[_APPLIED] = layout
 
 
