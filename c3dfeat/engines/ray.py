@@ -283,6 +283,7 @@ def _dataset(todo: Sequence[VideoTask], prepared: Sequence[PreparedModel], *, de
     import ray
     import ray.data
 
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-dataset INFO lines in the CLI's output
     ctx = ray.data.DataContext.get_current()
     ctx.target_max_block_size = _BLOCK_BYTES
     ctx.enable_progress_bars = False
