@@ -49,7 +49,7 @@ class LayerwiseModel(FeatureModel):
             name, fn = step[0], step[1]
             x = fn(x)
             if name in wanted:
-                out[name] = step[2](x) if len(step) > 2 else x  # type: ignore[misc]
+                out[name] = step[2](x) if len(step) > 2 else x
                 if len(out) == len(wanted):
                     break
         return out
