@@ -81,7 +81,7 @@ def bench_driver(videos: int, clips: int, model: str = "c3d") -> None:
 
     import torch
 
-    from c3dfeat.engines import ray as engine
+    from c3dfeat.pipeline import ray_engine as engine
     from c3dfeat.pipeline.decode import VideoTask
     from c3dfeat.pipeline.plan import ModelRequest, prepare_models
     from c3dfeat.pipeline.report import ExtractReport

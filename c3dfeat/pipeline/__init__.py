@@ -14,7 +14,7 @@ Modules follow the data (docs/extract.md):
 * :mod:`~c3dfeat.pipeline.scheduler` — LocalScheduler, the in-process engine (decode threads,
   one main thread that batches, runs and commits).
 * :mod:`~c3dfeat.pipeline.api` — `extract(...)` itself; `engine="ray"` hands the same arguments
-  to c3dfeat.engines.ray.
+  to c3dfeat.pipeline.ray_engine.
 """
 from __future__ import annotations
 

@@ -157,7 +157,7 @@ def extract(
         half: store float16. overwrite: start over. retry_failed: extract again the videos
             recorded as failed. shard: "K/N".
         progress: called from the calling thread with a :class:`Progress` on every event.
-        engine: "local" (this process) or "ray" (c3dfeat.engines.ray; `ray_address`).
+        engine: "local" (this process) or "ray" (c3dfeat.pipeline.ray_engine; `ray_address`).
         crop: deprecated name of `crops`.
 
     Returns:
@@ -176,7 +176,7 @@ def extract(
     if engine not in ENGINES:
         raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if engine == "ray":
-        from c3dfeat.engines.ray import extract_ray
+        from c3dfeat.pipeline.ray_engine import extract_ray
 
         args = dict(locals())
         for name in ("engine", "crop", "extract_ray"):
@@ -277,6 +277,6 @@ def failed_before(output: PathLike, tasks: Sequence[VideoTask], report: ExtractR
         return [(v, e) for v, e in ff.failed if v in mine and v not in new]
 
 
-# The first names of the two helpers above (c3dfeat.engines.ray imports them).
+# The first names of the two helpers above.
 _open_writer = open_run_writer
 _failed_before = failed_before

@@ -40,7 +40,6 @@ import numpy as np
 import torch
 
 from c3dfeat.errors import ConfigError, ExtractInterrupted
-from c3dfeat.pipeline.api import _failed_before, _open_writer, resolve_tasks
 from c3dfeat.pipeline.assemble import VideoAssembler
 from c3dfeat.pipeline.batching import BatchRunner
 from c3dfeat.pipeline.decode import ClipReady, VideoEnd, VideoFailed, VideoStart, VideoTask, decode_video
@@ -65,6 +64,54 @@ _COMMIT_SECONDS = 1.0  # ... or when the oldest has waited this long
 _CALL_BYTES = 128 << 20  # clip bytes per inference actor call ...
 _MAX_BATCHES_PER_CALL = 16  # ... as at most this many model batches
 _NO_NET: Any = None  # decode tasks get the models without their networks
+
+
+# ----------------------------------------------------------------------------- run set-up
+# Private copies of api.py's run helpers (resolve_tasks, open_run_writer, failed_before,
+# _prepare_runtime): api imports this module for engine="ray", so this module must not import api
+# (tests/test_import_graph.py). To be shared from one module both import.
+def _prepare_runtime(device: torch.device, allow_tf32: bool) -> None:
+    """In the actor: the allocator, and on CUDA TF32 (off unless asked) and cuDNN autotuning."""
+    from c3dfeat.runtime import configure_allocator
+
+    configure_allocator()
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = allow_tf32  # fp32 stays exact unless asked
+        torch.backends.cudnn.allow_tf32 = allow_tf32
+        torch.backends.cudnn.benchmark = True  # full batches: fixed shapes
+
+
+def resolve_tasks(inputs: Sequence[PathLike], shard: Union[None, str, Tuple[int, int]] = None
+                  ) -> Tuple[List[VideoTask], Optional[Tuple[int, int]]]:
+    """The run's videos (sorted by id, after `shard`) as tasks with their input_index."""
+    from c3dfeat.inputs import parse_shard, resolve_inputs, shard as shard_of
+
+    shard_kn = parse_shard(shard) if isinstance(shard, str) and shard else (tuple(shard) if shard else None)
+    videos = resolve_inputs(list(inputs))  # raises NoVideosError when there is none
+    indexed = list(enumerate(videos))  # input_index: position in the full sorted input list
+    if shard_kn:
+        keep = {v.id for v in shard_of(videos, int(shard_kn[0]), int(shard_kn[1]))}
+        indexed = [(i, v) for i, v in indexed if v.id in keep]
+    tasks = [VideoTask(seq, str(v.id), Path(v.path), str(v.label or ""), i) for seq, (i, v) in enumerate(indexed)]
+    return tasks, (int(shard_kn[0]), int(shard_kn[1])) if shard_kn else None
+
+
+def _open_writer(output: PathLike, models: Sequence[PreparedModel], provenance: Dict[str, Any], *,
+                 half: bool, retry_failed: bool, **kw: Any) -> Any:
+    from c3dfeat.store import open_writer
+
+    return open_writer(Path(output), [m.info for m in models], provenance,
+                       storage_dtype="float16" if half else "float32", retry_failed=retry_failed, **kw)
+
+
+def _failed_before(output: PathLike, tasks: Sequence[VideoTask], report: ExtractReport) -> List[Tuple[str, str]]:
+    """This run's inputs recorded as failed by an earlier run (kept failed on resume)."""
+    from c3dfeat.store import FeatureFile
+
+    mine = {t.id for t in tasks}
+    new = {vid for vid, _ in report.failed}
+    with FeatureFile(Path(output)) as ff:
+        return [(v, e) for v, e in ff.failed if v in mine and v not in new]
 
 
 # ----------------------------------------------------------------------------- decode tasks
@@ -113,8 +160,6 @@ class _InferenceActor:
     def __init__(self, models_ref: Any, device: str, dtype: str, allow_tf32: bool, batch_size: int,
                  threads: int) -> None:
         import ray
-
-        from c3dfeat.pipeline.api import _prepare_runtime
 
         # Ray sets OMP_NUM_THREADS=1 in its workers; a CPU actor uses the node's cores as the
         # in-process engine's main thread does (decode tasks run beside it there too).
@@ -244,7 +289,7 @@ def _start_ray(ray_address: Optional[str], workers: int) -> bool:
 
 def _import_engine() -> int:
     """Runs in a Ray worker: imports torch and c3dfeat (seconds on a busy machine) ahead of use."""
-    import c3dfeat.engines.ray  # noqa: F401  (the import is the work)
+    import c3dfeat.pipeline.ray_engine  # noqa: F401  (the import is the work)
 
     return os.getpid()
 
