@@ -1,54 +1,35 @@
 """`extract(...)`: check the options, prepare the models, open the file, run an engine, report."""
 from __future__ import annotations
 
-import dataclasses
 import os
-import shlex
 import signal
-import sys
 import threading
 import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Tuple, Union
 
-import torch
-
-from c3dfeat.errors import ConfigError, ExtractInterrupted
-from c3dfeat.pipeline.decode import VideoTask
-from c3dfeat.pipeline.plan import (
-    COMPUTE_DTYPES,
-    ModelRequest,
-    PreparedModel,
-    default_batch_size,
-    pick_device,
-    prepare_models,
-)
+from c3dfeat.errors import ConfigError
+from c3dfeat.pipeline.plan import ModelRequest, default_batch_size, pick_device, prepare_models
 from c3dfeat.pipeline.report import ExtractReport, Progress
+from c3dfeat.pipeline.run import (
+    check_options,
+    finish_run,
+    model_warnings,
+    open_run_writer,
+    pending_tasks,
+    prepare_runtime,
+    resolve_tasks,
+)
 from c3dfeat.pipeline.scheduler import LocalScheduler
-from c3dfeat.store import open_writer
 from c3dfeat.transforms import Crops
 
-__all__ = ["extract", "ENGINES", "resolve_tasks", "open_run_writer", "failed_before"]
+__all__ = ["extract", "ENGINES"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 ModelArg = Union[str, Tuple[str, Any], ModelRequest]
 ENGINES = ("local", "ray")
-
-
-def _prepare_runtime(device: torch.device, allow_tf32: bool) -> None:
-    """Process-wide settings, once per run, before the first large allocation: the allocator
-    (c3dfeat.runtime), and on CUDA TF32 (off unless asked) and cuDNN autotuning."""
-    from c3dfeat.runtime import configure_allocator
-
-    configure_allocator()  # freed activations stay in the heap: no page churn (C3DFEAT_MALLOC=system: off)
-    if device.type == "cuda":
-        # fp32 stays exact: TF32 rounds matmul / conv inputs to 10 mantissa bits.
-        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
-        torch.backends.cudnn.allow_tf32 = allow_tf32
-        # Fixed input shapes (full batches): let cuDNN pick its fastest kernels once.
-        torch.backends.cudnn.benchmark = True
 
 
 @contextmanager
@@ -69,33 +50,6 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def resolve_tasks(
-    inputs: Sequence[PathLike], shard: Union[None, str, Tuple[int, int]] = None
-) -> Tuple[List[VideoTask], Optional[Tuple[int, int]]]:
-    """The run's videos (sorted by id, after `shard`) as tasks with their input_index; seq is
-    the position in this list (renumber after dropping done videos)."""
-    from c3dfeat.inputs import parse_shard, resolve_inputs, shard as shard_of
-
-    shard_kn = parse_shard(shard) if isinstance(shard, str) and shard else (tuple(shard) if shard else None)
-    videos = resolve_inputs(list(inputs))  # raises NoVideosError when there is none
-    # input_index = position in the full sorted input list: merge orders shards by it.
-    indexed = list(enumerate(videos))
-    if shard_kn:
-        keep = {v.id for v in shard_of(videos, shard_kn[0], shard_kn[1])}
-        indexed = [(i, v) for i, v in indexed if v.id in keep]
-    tasks = [VideoTask(seq, str(v.id), Path(v.path), str(v.label or ""), i) for seq, (i, v) in enumerate(indexed)]
-    return tasks, (int(shard_kn[0]), int(shard_kn[1])) if shard_kn else None
-
-
-def open_run_writer(output: PathLike, models: Sequence[PreparedModel], provenance: Dict[str, Any], *,
-                 half: bool, retry_failed: bool, **kw: Any) -> Any:
-    """The run's writer (both engines): storage float16 when `half`, failed videos redone when
-    `retry_failed`; `kw` goes to :func:`c3dfeat.store.open_writer`."""
-    storage_dtype = "float16" if half else "float32"
-    return open_writer(Path(output), [m.info for m in models], provenance, storage_dtype=storage_dtype,
-                       retry_failed=retry_failed, **kw)
 
 
 def extract(
@@ -185,62 +139,29 @@ def extract(
     if ray_address is not None:
         raise ConfigError("ray_address is only used with engine='ray'")
     t0 = time.monotonic()
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
-    reqs = [ModelRequest.of(m) for m in models]
-    if weights is not None:
-        if len(reqs) != 1:
-            raise ConfigError(
-                "weights=PATH needs exactly one model; set ModelRequest(name, layers, weights=...) per model"
-            )
-        reqs = [dataclasses.replace(reqs[0], weights=str(weights))]
-    if dtype not in COMPUTE_DTYPES:
-        raise ConfigError(f"dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {dtype!r}")
-    if crop_reduce not in ("mean", "none"):
-        raise ConfigError(f"crop_reduce must be 'mean' or 'none', got {crop_reduce!r}")
-    if (batch_size is not None and batch_size < 1) or workers < 1:
-        raise ConfigError(f"batch_size and workers must be >= 1, got {batch_size} and {workers}")
-    from c3dfeat.video import BACKENDS
-
-    if decoder not in BACKENDS:
-        raise ConfigError(f"decoder must be one of {', '.join(BACKENDS)}, got {decoder!r}")
+    reqs = check_options(models, weights=weights, dtype=dtype, crop_reduce=crop_reduce, batch_size=batch_size,
+                         workers=workers, decoder=decoder)
     dev = pick_device(device)
-    _prepare_runtime(dev, allow_tf32)
+    prepare_runtime(dev, allow_tf32)
     if batch_size is None:
         batch_size = default_batch_size(dev, [r.name for r in reqs])
     report = ExtractReport(output=Path(output), device=str(dev), dtype=dtype, batch_size=batch_size)
-    if dev.type == "cpu" and dtype == "fp16":
-        report.warnings.append("fp16 on CPU is slow and not exact; use fp32 or bf16 on CPU")
-
     tasks, shard_kn = resolve_tasks(inputs, shard)
     overrides = dict(clip_len=clip_len, stride=stride, frame_step=frame_step, num_clips=num_clips, fps=fps, tail=tail)
     prepared = prepare_models(reqs, device=dev, random_init=random_init, weights_dir=weights_dir,
                               require_hashes=require_hashes, weights_mirror=weights_mirror,
                               sampling_overrides=overrides, crops=crops, crop_reduce=crop_reduce)
     report.random_init = [m.key for m in prepared if m.random_init]
-    for m in prepared:
-        if m.transform.uses_mean_approximation:
-            report.warnings.append(
-                f"{m.key}: mean cube not found locally; using the per-channel mean approximation "
-                f"(`c3dfeat weights download {m.spec.name}.{m.spec.preprocessing.mean_cube}` for the exact input)"
-            )
-    provenance = {"decoder": decoder, "dtype": dtype}
-    if command_line is None:
-        command_line = " ".join(shlex.quote(a) for a in sys.argv)
+    report.warnings.extend(model_warnings(prepared, dev, dtype))
     writer = open_run_writer(
-        output, prepared, provenance, half=half, retry_failed=retry_failed, overwrite=overwrite,
-        command_line=command_line, shard=f"{shard_kn[0]}/{shard_kn[1]}" if shard_kn else "",
-        # Features are bit-reproducible for the same device, dtype and batch size (batching.py).
-        run={"device": str(dev), "batch_size": batch_size, "workers": workers, "torch": torch.__version__,
-             "engine": "local", "allow_tf32": allow_tf32},
+        output, prepared, decoder=decoder, dtype=dtype, half=half, retry_failed=retry_failed, overwrite=overwrite,
+        command_line=command_line, shard=shard_kn,
+        run={"device": str(dev), "batch_size": batch_size, "workers": workers, "engine": "local",
+             "allow_tf32": allow_tf32},
     )
     interrupted = False
     try:
-        done = set(writer.done_ids)
-        todo = [t for t in tasks if t.id not in done]
-        todo = [dataclasses.replace(t, seq=seq) for seq, t in enumerate(todo)]
-        report.total = len(tasks)
-        report.skipped = len(tasks) - len(todo)
+        todo = pending_tasks(tasks, writer, report)
         t_run = time.monotonic()
         scheduler = LocalScheduler(todo, prepared, writer, report, decoder=decoder, batch_size=batch_size,
                                    workers=workers, device=dev, dtype=dtype, max_pending=max_pending,
@@ -248,35 +169,10 @@ def extract(
         try:
             with sigterm_as_interrupt():
                 scheduler.run()
-        except KeyboardInterrupt:  # the decode threads are stopped; close the file cleanly below
+        except KeyboardInterrupt:  # the decode threads are stopped; the file is closed cleanly below
             interrupted = True
         report.run_seconds = time.monotonic() - t_run
-    finally:
-        saved = int(writer.num_videos)
-        # "complete" only when every video of the run is in; a bug propagating marks it too
-        writer.close(complete=None if not interrupted else False)
-    report.seconds = time.monotonic() - t0
-    if interrupted:
-        raise ExtractInterrupted(
-            f"interrupted: {saved} videos saved in {output}; run the same command to resume",
-            report=report, saved=saved,
-        )
-    if report.skipped:
-        report.failed_before = failed_before(output, tasks, report)
-    report.seconds = time.monotonic() - t0
-    return report
-
-
-def failed_before(output: PathLike, tasks: Sequence[VideoTask], report: ExtractReport) -> List[Tuple[str, str]]:
-    """This run's inputs recorded as failed by an earlier run (kept failed on resume)."""
-    from c3dfeat.store import FeatureFile
-
-    mine = {t.id for t in tasks}
-    new = {vid for vid, _ in report.failed}
-    with FeatureFile(Path(output)) as ff:
-        return [(v, e) for v, e in ff.failed if v in mine and v not in new]
-
-
-# The first names of the two helpers above.
-_open_writer = open_run_writer
-_failed_before = failed_before
+    except BaseException:
+        writer.close()  # a bug: committed videos stay, the file is marked incomplete with the reason
+        raise
+    return finish_run(writer, interrupted=interrupted, output=output, tasks=tasks, report=report, t0=t0)

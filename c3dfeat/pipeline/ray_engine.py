@@ -30,8 +30,6 @@ import functools
 import logging
 import os
 import pickle
-import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -39,19 +37,26 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 import torch
 
-from c3dfeat.errors import ConfigError, ExtractInterrupted
+from c3dfeat.errors import ConfigError
 from c3dfeat.pipeline.assemble import VideoAssembler
 from c3dfeat.pipeline.batching import BatchRunner
 from c3dfeat.pipeline.decode import ClipReady, VideoEnd, VideoFailed, VideoStart, VideoTask, decode_video
 from c3dfeat.pipeline.plan import (
-    COMPUTE_DTYPES,
     Crops,
-    ModelRequest,
     PreparedModel,
     default_batch_size,
     prepare_models,
 )
 from c3dfeat.pipeline.report import ExtractReport, Progress
+from c3dfeat.pipeline.run import (
+    check_options,
+    finish_run,
+    model_warnings,
+    open_run_writer,
+    pending_tasks,
+    prepare_runtime,
+    resolve_tasks,
+)
 
 __all__ = ["extract_ray"]
 
@@ -64,54 +69,6 @@ _COMMIT_SECONDS = 1.0  # ... or when the oldest has waited this long
 _CALL_BYTES = 128 << 20  # clip bytes per inference actor call ...
 _MAX_BATCHES_PER_CALL = 16  # ... as at most this many model batches
 _NO_NET: Any = None  # decode tasks get the models without their networks
-
-
-# ----------------------------------------------------------------------------- run set-up
-# Private copies of api.py's run helpers (resolve_tasks, open_run_writer, failed_before,
-# _prepare_runtime): api imports this module for engine="ray", so this module must not import api
-# (tests/test_import_graph.py). To be shared from one module both import.
-def _prepare_runtime(device: torch.device, allow_tf32: bool) -> None:
-    """In the actor: the allocator, and on CUDA TF32 (off unless asked) and cuDNN autotuning."""
-    from c3dfeat.runtime import configure_allocator
-
-    configure_allocator()
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = allow_tf32  # fp32 stays exact unless asked
-        torch.backends.cudnn.allow_tf32 = allow_tf32
-        torch.backends.cudnn.benchmark = True  # full batches: fixed shapes
-
-
-def resolve_tasks(inputs: Sequence[PathLike], shard: Union[None, str, Tuple[int, int]] = None
-                  ) -> Tuple[List[VideoTask], Optional[Tuple[int, int]]]:
-    """The run's videos (sorted by id, after `shard`) as tasks with their input_index."""
-    from c3dfeat.inputs import parse_shard, resolve_inputs, shard as shard_of
-
-    shard_kn = parse_shard(shard) if isinstance(shard, str) and shard else (tuple(shard) if shard else None)
-    videos = resolve_inputs(list(inputs))  # raises NoVideosError when there is none
-    indexed = list(enumerate(videos))  # input_index: position in the full sorted input list
-    if shard_kn:
-        keep = {v.id for v in shard_of(videos, int(shard_kn[0]), int(shard_kn[1]))}
-        indexed = [(i, v) for i, v in indexed if v.id in keep]
-    tasks = [VideoTask(seq, str(v.id), Path(v.path), str(v.label or ""), i) for seq, (i, v) in enumerate(indexed)]
-    return tasks, (int(shard_kn[0]), int(shard_kn[1])) if shard_kn else None
-
-
-def _open_writer(output: PathLike, models: Sequence[PreparedModel], provenance: Dict[str, Any], *,
-                 half: bool, retry_failed: bool, **kw: Any) -> Any:
-    from c3dfeat.store import open_writer
-
-    return open_writer(Path(output), [m.info for m in models], provenance,
-                       storage_dtype="float16" if half else "float32", retry_failed=retry_failed, **kw)
-
-
-def _failed_before(output: PathLike, tasks: Sequence[VideoTask], report: ExtractReport) -> List[Tuple[str, str]]:
-    """This run's inputs recorded as failed by an earlier run (kept failed on resume)."""
-    from c3dfeat.store import FeatureFile
-
-    mine = {t.id for t in tasks}
-    new = {vid for vid, _ in report.failed}
-    with FeatureFile(Path(output)) as ff:
-        return [(v, e) for v, e in ff.failed if v in mine and v not in new]
 
 
 # ----------------------------------------------------------------------------- decode tasks
@@ -165,7 +122,7 @@ class _InferenceActor:
         # in-process engine's main thread does (decode tasks run beside it there too).
         torch.set_num_threads(threads if threads > 0 else (os.cpu_count() or 1) if device == "cpu" else 1)
         dev = torch.device(device)
-        _prepare_runtime(dev, allow_tf32)
+        prepare_runtime(dev, allow_tf32)
         models = ray.get(models_ref) if isinstance(models_ref, ray.ObjectRef) else models_ref
         self.runners: List[BatchRunner[int]] = [
             BatchRunner(dataclasses.replace(m, net=m.net.to(dev)), batch_size, dev, dtype) for m in models
@@ -467,22 +424,8 @@ def extract_ray(
     import ray
 
     t0 = time.monotonic()
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
-    reqs = [ModelRequest.of(m) for m in models]
-    if weights is not None:
-        if len(reqs) != 1:
-            raise ConfigError("weights=PATH needs exactly one model; "
-                              "set ModelRequest(name, layers, weights=...) per model")
-        reqs = [dataclasses.replace(reqs[0], weights=str(weights))]
-    if dtype not in COMPUTE_DTYPES:
-        raise ConfigError(f"dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {dtype!r}")
-    if (batch_size is not None and batch_size < 1) or workers < 1:
-        raise ConfigError(f"batch_size and workers must be >= 1, got {batch_size} and {workers}")
-    from c3dfeat.video import BACKENDS
-
-    if decoder not in BACKENDS:
-        raise ConfigError(f"decoder must be one of {', '.join(BACKENDS)}, got {decoder!r}")
+    reqs = check_options(models, weights=weights, dtype=dtype, crop_reduce=crop_reduce, batch_size=batch_size,
+                         workers=workers, decoder=decoder)
     tasks, shard_kn = resolve_tasks(inputs, shard)
     started = _start_ray(ray_address, workers)
     try:
@@ -491,8 +434,6 @@ def extract_ray(
         if batch_size is None:
             batch_size = default_batch_size(dev, [r.name for r in reqs])
         report = ExtractReport(output=Path(output), device=str(dev), dtype=dtype, batch_size=batch_size, engine="ray")
-        if dev.type == "cpu" and dtype == "fp16":
-            report.warnings.append("fp16 on CPU is slow and not exact; use fp32 or bf16 on CPU")
         overrides = dict(clip_len=clip_len, stride=stride, frame_step=frame_step, num_clips=num_clips, fps=fps,
                          tail=tail)
         # Built once here, on CPU: the actors get these very networks (and weights) through the
@@ -502,26 +443,16 @@ def extract_ray(
                                   weights_mirror=weights_mirror, sampling_overrides=overrides, crops=crops,
                                   crop_reduce=crop_reduce)
         report.random_init = [m.key for m in prepared if m.random_init]
-        for m in prepared:
-            if m.transform.uses_mean_approximation:
-                report.warnings.append(
-                    f"{m.key}: mean cube not found locally; using the per-channel mean approximation "
-                    f"(`c3dfeat weights download {m.spec.name}.{m.spec.preprocessing.mean_cube}` for the exact input)")
-        if command_line is None:
-            command_line = " ".join(shlex.quote(a) for a in sys.argv)
-        writer = _open_writer(
-            output, prepared, {"decoder": decoder, "dtype": dtype}, half=half, retry_failed=retry_failed,
-            overwrite=overwrite, command_line=command_line, shard=f"{shard_kn[0]}/{shard_kn[1]}" if shard_kn else "",
-            run={"device": str(dev), "batch_size": batch_size, "workers": workers, "torch": torch.__version__,
-                 "engine": "ray", "ray_address": ray_address or "local", "ray": ray.__version__,
-                 "allow_tf32": allow_tf32},
+        report.warnings.extend(model_warnings(prepared, dev, dtype))
+        writer = open_run_writer(
+            output, prepared, decoder=decoder, dtype=dtype, half=half, retry_failed=retry_failed,
+            overwrite=overwrite, command_line=command_line, shard=shard_kn,
+            run={"device": str(dev), "batch_size": batch_size, "workers": workers, "engine": "ray",
+                 "ray_address": ray_address or "local", "ray": ray.__version__, "allow_tf32": allow_tf32},
         )
         interrupted = False
         try:
-            done = set(writer.done_ids)
-            todo = [dataclasses.replace(t, seq=seq) for seq, t in enumerate(t for t in tasks if t.id not in done)]
-            report.total = len(tasks)
-            report.skipped = len(tasks) - len(todo)
+            todo = pending_tasks(tasks, writer, report)
             t_run = time.monotonic()
             try:
                 if todo:
@@ -531,16 +462,10 @@ def extract_ray(
             except KeyboardInterrupt:
                 interrupted = True
             report.run_seconds = time.monotonic() - t_run
-        finally:
-            saved = int(getattr(writer, "num_videos", len(writer.done_ids)))
-            writer.close()
+        except BaseException:
+            writer.close()  # a bug: committed videos stay, the file is marked incomplete with the reason
+            raise
+        return finish_run(writer, interrupted=interrupted, output=output, tasks=tasks, report=report, t0=t0)
     finally:
         if started:
             ray.shutdown()
-    if interrupted:
-        raise ExtractInterrupted(f"interrupted: {saved} videos saved in {output}; run the same command to resume",
-                                 report=report, saved=saved)
-    if report.skipped:
-        report.failed_before = _failed_before(output, tasks, report)
-    report.seconds = time.monotonic() - t0
-    return report

@@ -1,0 +1,153 @@
+"""What every engine does around its own scheduling: check the options, list the videos, set the
+process up, open the writer with the run's provenance, and close the run the same way.
+
+The in-process engine (api.py) and the Ray engine (ray_engine.py) both import this module; neither
+imports the other's (api dispatches to ray_engine lazily, so ray_engine must not import api).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from c3dfeat.errors import ConfigError, ExtractInterrupted
+from c3dfeat.pipeline.decode import VideoTask
+from c3dfeat.pipeline.plan import COMPUTE_DTYPES, ModelRequest, PreparedModel
+from c3dfeat.pipeline.report import ExtractReport
+
+__all__ = ["check_options", "prepare_runtime", "resolve_tasks", "model_warnings", "open_run_writer",
+           "pending_tasks", "failed_before", "finish_run"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def check_options(models: Sequence[Any], *, weights: Optional[PathLike], dtype: str, crop_reduce: str,
+                  batch_size: Optional[int], workers: int, decoder: str) -> List[ModelRequest]:
+    """The model requests of a run, after the checks both engines make (ConfigError otherwise)."""
+    reqs = [ModelRequest.of(m) for m in models]
+    if weights is not None:
+        if len(reqs) != 1:
+            raise ConfigError(
+                "weights=PATH needs exactly one model; set ModelRequest(name, layers, weights=...) per model"
+            )
+        reqs = [dataclasses.replace(reqs[0], weights=str(weights))]
+    if dtype not in COMPUTE_DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {dtype!r}")
+    if crop_reduce not in ("mean", "none"):
+        raise ConfigError(f"crop_reduce must be 'mean' or 'none', got {crop_reduce!r}")
+    if (batch_size is not None and batch_size < 1) or workers < 1:
+        raise ConfigError(f"batch_size and workers must be >= 1, got {batch_size} and {workers}")
+    from c3dfeat.video import BACKENDS
+
+    if decoder not in BACKENDS:
+        raise ConfigError(f"decoder must be one of {', '.join(BACKENDS)}, got {decoder!r}")
+    return reqs
+
+
+def prepare_runtime(device: torch.device, allow_tf32: bool) -> None:
+    """Process-wide settings, once per process that runs a model, before the first large
+    allocation: the allocator (c3dfeat.runtime), and on CUDA TF32 (off unless asked) and cuDNN
+    autotuning."""
+    from c3dfeat.runtime import configure_allocator
+
+    configure_allocator()  # freed activations stay in the heap: no page churn (C3DFEAT_MALLOC=system: off)
+    if device.type == "cuda":
+        # fp32 stays exact: TF32 rounds matmul / conv inputs to 10 mantissa bits.
+        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+        torch.backends.cudnn.allow_tf32 = allow_tf32
+        # Fixed input shapes (full batches): let cuDNN pick its fastest kernels once.
+        torch.backends.cudnn.benchmark = True
+
+
+def resolve_tasks(
+    inputs: Union[PathLike, Sequence[PathLike]], shard: Union[None, str, Tuple[int, int]] = None
+) -> Tuple[List[VideoTask], Optional[Tuple[int, int]]]:
+    """The run's videos (sorted by id, after `shard`) as tasks with their input_index; seq is
+    the position in this list (renumbered by :func:`pending_tasks`)."""
+    from c3dfeat.inputs import parse_shard, resolve_inputs, shard as shard_of
+
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    shard_kn = parse_shard(shard) if isinstance(shard, str) and shard else (tuple(shard) if shard else None)
+    videos = resolve_inputs(list(inputs))  # raises NoVideosError when there is none
+    # input_index = position in the full sorted input list: merge orders shards by it.
+    indexed = list(enumerate(videos))
+    if shard_kn:
+        keep = {v.id for v in shard_of(videos, int(shard_kn[0]), int(shard_kn[1]))}
+        indexed = [(i, v) for i, v in indexed if v.id in keep]
+    tasks = [VideoTask(seq, str(v.id), Path(v.path), str(v.label or ""), i) for seq, (i, v) in enumerate(indexed)]
+    return tasks, (int(shard_kn[0]), int(shard_kn[1])) if shard_kn else None
+
+
+def model_warnings(prepared: Sequence[PreparedModel], device: torch.device, dtype: str) -> List[str]:
+    """What the report says about the models and settings before the run starts."""
+    out = []
+    if device.type == "cpu" and dtype == "fp16":
+        out.append("fp16 on CPU is slow and not exact; use fp32 or bf16 on CPU")
+    for m in prepared:
+        if m.transform.uses_mean_approximation:
+            out.append(
+                f"{m.key}: mean cube not found locally; using the per-channel mean approximation "
+                f"(`c3dfeat weights download {m.spec.name}.{m.spec.preprocessing.mean_cube}` for the exact input)"
+            )
+    return out
+
+
+def open_run_writer(output: PathLike, models: Sequence[PreparedModel], *, decoder: str, dtype: str, half: bool,
+                    retry_failed: bool, overwrite: bool, command_line: Optional[str],
+                    shard: Optional[Tuple[int, int]], run: Dict[str, Any]) -> Any:
+    """The run's writer. The provenance (compared on resume) is the models' records plus the
+    decoder and compute dtype; `run` (device, batch size, engine ...) is recorded, not compared:
+    features are bit-reproducible for the same device, dtype and batch size (batching.py)."""
+    from c3dfeat.store import open_writer
+
+    if command_line is None:
+        command_line = " ".join(shlex.quote(a) for a in sys.argv)
+    return open_writer(Path(output), [m.info for m in models], {"decoder": decoder, "dtype": dtype},
+                       storage_dtype="float16" if half else "float32", retry_failed=retry_failed,
+                       overwrite=overwrite, command_line=command_line,
+                       shard=f"{shard[0]}/{shard[1]}" if shard else "",
+                       run={"torch": torch.__version__, **run})
+
+
+def pending_tasks(tasks: Sequence[VideoTask], writer: Any, report: ExtractReport) -> List[VideoTask]:
+    """The tasks the file does not hold yet, renumbered 0..n-1; counts total and skipped."""
+    done = set(writer.done_ids)
+    todo = [dataclasses.replace(t, seq=seq) for seq, t in enumerate(t for t in tasks if t.id not in done)]
+    report.total = len(tasks)
+    report.skipped = len(tasks) - len(todo)
+    return todo
+
+
+def failed_before(output: PathLike, tasks: Sequence[VideoTask], report: ExtractReport) -> List[Tuple[str, str]]:
+    """This run's inputs recorded as failed by an earlier run (kept failed on resume)."""
+    from c3dfeat.store import FeatureFile
+
+    mine = {t.id for t in tasks}
+    new = {vid for vid, _ in report.failed}
+    with FeatureFile(Path(output)) as ff:
+        return [(v, e) for v, e in ff.failed if v in mine and v not in new]
+
+
+def finish_run(writer: Any, *, interrupted: bool, output: PathLike, tasks: Sequence[VideoTask],
+               report: ExtractReport, t0: float) -> ExtractReport:
+    """Close the file (marked complete unless interrupted or a bug is propagating) and finish the
+    report; ExtractInterrupted after Ctrl-C / SIGTERM, with what the file holds."""
+    saved = int(writer.num_videos)
+    writer.close(complete=None if not interrupted else False)
+    report.seconds = time.monotonic() - t0
+    if interrupted:
+        raise ExtractInterrupted(
+            f"interrupted: {saved} videos saved in {output}; run the same command to resume",
+            report=report, saved=saved,
+        )
+    if report.skipped:
+        report.failed_before = failed_before(output, tasks, report)
+        report.seconds = time.monotonic() - t0
+    return report
