@@ -75,7 +75,8 @@ def main() -> None:
     out["torch_fit_C1_cpu_s"] = time.process_time() - c
     out["torch_fit_C1_top1"] = 100 * accuracy(y[split.test], m.predict(Xn[split.test]))[0]
     out["torch_fit_C1_stats"] = vars(m.stats)
-    print(f"torch LinearSVM C=1: {out['torch_fit_C1_s']:.1f} s (CPU {out['torch_fit_C1_cpu_s']:.1f} s), top-1 {out['torch_fit_C1_top1']:.2f} % "
+    print(f"torch LinearSVM C=1: {out['torch_fit_C1_s']:.1f} s (CPU {out['torch_fit_C1_cpu_s']:.1f} s), "
+          f"top-1 {out['torch_fit_C1_top1']:.2f} % "
           f"({m.stats.newton_iters} Newton / {m.stats.cg_iters} CG steps)", flush=True)
     if args.liblinear:
         t, c = time.perf_counter(), time.process_time()

@@ -14,11 +14,11 @@ from c3dfeat.errors import ConfigError, ExtractInterrupted, NoVideosError
 from c3dfeat.models import get_spec, register_model
 from c3dfeat.models._registry import _REGISTRY
 from c3dfeat.pipeline import Progress, extract, scheduler as scheduler_module
-from c3dfeat.pipeline.run import resolve_tasks
 from c3dfeat.pipeline.batching import BatchRunner
 from c3dfeat.pipeline.decode import ClipReady, VideoStart, VideoTask, decode_video
 from c3dfeat.pipeline.plan import ModelRequest, prepare_model
 from c3dfeat.pipeline.report import ExtractReport
+from c3dfeat.pipeline.run import resolve_tasks
 from c3dfeat.pipeline.scheduler import LocalScheduler
 from c3dfeat.store import FeatureFile
 from c3dfeat.transforms import ClipTransform

@@ -1,12 +1,12 @@
 """Model zoo. Adding a model = one family file + one import line here; tests pick it up."""
-from c3dfeat.models._registry import (
-    all_specs as all_specs,
-    create_model as create_model,
-    extract_layers as extract_layers,
-    get_spec as get_spec,
-    list_models as list_models,
-    register_model as register_model,
-    split_name as split_name,
+# Family files register their models on import.
+from c3dfeat.models import (
+    c3d,  # noqa: F401
+    ig65m,  # noqa: F401
+    pytorchvideo_models,  # noqa: F401
+    res3d,  # noqa: F401
+    torchvision_resnets,  # noqa: F401
+    vmz,  # noqa: F401
 )
 from c3dfeat.models._info import (
     gflops_per_clip as gflops_per_clip,
@@ -21,17 +21,18 @@ from c3dfeat.models._layout import (
     get_inference_layout as get_inference_layout,
     set_inference_layout as set_inference_layout,
 )
+from c3dfeat.models._registry import (
+    all_specs as all_specs,
+    create_model as create_model,
+    extract_layers as extract_layers,
+    get_spec as get_spec,
+    list_models as list_models,
+    register_model as register_model,
+    split_name as split_name,
+)
 from c3dfeat.specs import (
     Checkpoint as Checkpoint,
     LayerSpec as LayerSpec,
     ModelSpec as ModelSpec,
     Preprocessing as Preprocessing,
 )
-
-# Family files register their models on import.
-from c3dfeat.models import c3d  # noqa: E402,F401
-from c3dfeat.models import res3d  # noqa: E402,F401
-from c3dfeat.models import torchvision_resnets  # noqa: E402,F401
-from c3dfeat.models import ig65m  # noqa: E402,F401
-from c3dfeat.models import vmz  # noqa: E402,F401
-from c3dfeat.models import pytorchvideo_models  # noqa: E402,F401

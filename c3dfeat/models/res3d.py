@@ -65,7 +65,8 @@ RES3D_SPEC = register_model(
         ),
         layers=(
             LayerSpec("res5", (512, 1, 7, 7), aliases=("res5b", "layer4"), description="res5b after its ReLU"),
-            LayerSpec("pool5", (512,), aliases=("avgpool",), description="Caffe Pooling3D AVE 7x7, depth 1 (= the global average at 112x112)"),
+            LayerSpec("pool5", (512,), aliases=("avgpool",),
+                      description="Caffe Pooling3D AVE 7x7, depth 1 (= the global average at 112x112)"),
             LayerSpec("logits", (487,), aliases=("fc8",) + LOGITS_ALIASES, description="fc8, before `prob`"),
         ),
         default_layer="pool5",

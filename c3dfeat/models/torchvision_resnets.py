@@ -6,7 +6,6 @@ layers 2-4 has conv2 mid 230/460/921) because its weights were trained with it â
 """
 from __future__ import annotations
 
-
 from c3dfeat.models._common import (
     KINETICS400_LABELS,
     KINETICS_MEAN,
