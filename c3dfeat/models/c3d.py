@@ -72,7 +72,7 @@ class C3D(LayerwiseModel):
     def _steps(self) -> List[Step]:
         return [
             ("conv5b", self._block([c[0] for c in _CONVS])),  # after relu5b, before pool5
-            ("pool5", self.pool5),
+            ("pool5", self.get_submodule("pool5")),
             ("fc6", self._fc6),
             ("fc7", lambda x: self.relu(self.fc7(x))),
             ("logits", self.fc8),

@@ -76,7 +76,10 @@ class ResBlock(nn.Module):
         self.activation = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.branch1_conv is None else self.branch1_norm(self.branch1_conv(x))
+        if self.branch1_conv is None or self.branch1_norm is None:
+            shortcut = x
+        else:
+            shortcut = self.branch1_norm(self.branch1_conv(x))
         return self.activation(shortcut + self.branch2(x))
 
 
@@ -94,7 +97,8 @@ class ResStage(nn.Module):
 class ResNetBasicStem(nn.Module):
     def __init__(self, kernel: Tuple[int, int, int], pool: bool) -> None:
         super().__init__()
-        self.conv = nn.Conv3d(3, 64, kernel, stride=(1, 2, 2), padding=tuple(k // 2 for k in kernel), bias=False)
+        padding = (kernel[0] // 2, kernel[1] // 2, kernel[2] // 2)
+        self.conv = nn.Conv3d(3, 64, kernel, stride=(1, 2, 2), padding=padding, bias=False)
         self.norm = nn.BatchNorm3d(64)
         self.activation = nn.ReLU(inplace=True)
         self.pool = nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)) if pool else None
@@ -108,11 +112,12 @@ class ResNetBasicHead(nn.Module):
     def __init__(self, dim_in: int, num_classes: int, pool_kernel: Tuple[int, int, int]) -> None:
         super().__init__()
         self.pool = nn.AvgPool3d(pool_kernel, stride=1)
+        self.pool_kernel = tuple(pool_kernel)
         self.proj = nn.Linear(dim_in, num_classes)
         self.output_pool = nn.AdaptiveAvgPool3d(1)
 
     def pool_map(self, x: torch.Tensor) -> torch.Tensor:
-        k = self.pool.kernel_size
+        k = self.pool_kernel
         if any(d < kk for d, kk in zip(x.shape[2:], k)):
             raise ClipSizeError(
                 f"res5 map {tuple(x.shape[2:])} is smaller than the reference head's AvgPool3d{tuple(k)}; "

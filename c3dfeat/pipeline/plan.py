@@ -18,7 +18,7 @@ import torch
 from c3dfeat import zoo
 from c3dfeat.errors import ConfigError
 from c3dfeat.models import create_model, get_spec
-from c3dfeat.models._layers import LayerwiseModel
+from c3dfeat.models._common import FeatureModel
 from c3dfeat.sampling import SamplingConfig
 from c3dfeat.store import LayerInfo, ModelInfo
 from c3dfeat.transforms import ClipTransform, Crops
@@ -75,7 +75,7 @@ class PreparedModel:
 
     key: str  # the name the user gave: group name in the file
     spec: Any  # the resolved ModelSpec
-    net: LayerwiseModel
+    net: FeatureModel
     layers: Tuple[str, ...]  # canonical names, in the user's order
     transform: ClipTransform
     sampling: SamplingConfig
