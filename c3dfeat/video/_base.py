@@ -129,8 +129,8 @@ class VideoReader:
         """Seconds, from the frame count and the average frame rate (0 when fps is unknown)."""
         return self.num_frames / self.fps if self.fps > 0 else 0.0
 
-    def get_frames(self, indices: Sequence[int]) -> np.ndarray:
-        """Frames at `indices` (any order, repeats allowed) as uint8 (n, H, W, 3) RGB."""
+    def _checked(self, indices: Sequence[int]) -> List[int]:
+        """`indices` as ints, after checking the reader is open and each index is in range."""
         if self._closed:
             raise VideoDecodeError(f"{self.path}: reader is closed")
         idx = [int(i) for i in indices]
@@ -139,6 +139,11 @@ class VideoReader:
                 raise VideoDecodeError(
                     f"{self.path}: frame index {i} is out of range (the video has {self.num_frames} frames)"
                 )
+        return idx
+
+    def get_frames(self, indices: Sequence[int]) -> np.ndarray:
+        """Frames at `indices` (any order, repeats allowed) as uint8 (n, H, W, 3) RGB."""
+        idx = self._checked(indices)
         out = np.empty((len(idx), self.height, self.width, 3), dtype=np.uint8)
         if not idx:
             return out

@@ -46,15 +46,7 @@ class TorchCodecReader(VideoReader):
 
     def get_frames_tensor(self, indices: Sequence[int]):
         """Frames at `indices` as a uint8 (n, H, W, 3) torch tensor on the decoder's device."""
-        if self._closed:
-            raise VideoDecodeError(f"{self.path}: reader is closed")
-        idx = [int(i) for i in indices]
-        for i in idx:
-            if not 0 <= i < self.num_frames:
-                raise VideoDecodeError(
-                    f"{self.path}: frame index {i} is out of range (the video has {self.num_frames} frames)"
-                )
-        return self._decode(idx)
+        return self._decode(self._checked(indices))
 
     def _decode(self, indices: List[int]):
         try:
