@@ -92,6 +92,7 @@ def test_info_shows_state_and_repair_fixes_a_killed_file(tmp_path):
     ["pca", "{f}", "--dims", "2", "--plot", "{missing}/p.png"],
     ["tsne", "{f}", "--plot", "{missing}/t.png"],
     ["tsne", "{f}", "-o", "{missing}/t.csv"],
+    ["weights", "convert", "{f}", "--model", "c3d", "-o", "{missing}/c3d.pth"],
 ])
 def test_output_in_a_missing_folder_is_one_line(tmp_path, args):
     f = tmp_path / "f.h5"

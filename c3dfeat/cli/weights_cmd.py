@@ -148,7 +148,8 @@ def verify_command(pattern: str, weights_dir: Optional[Path]) -> None:
 @weights_group.command("convert")
 @click.argument("src", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--model", "name", required=True, help="Target model (model or model.tag; the tag fixes the classes).")
-@click.option("-o", "--output", "dst", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", "dst", required=True, type=options.OutputFile(),
+              help="The .pth file to write (its folder must exist).")
 def convert_command(src: Path, name: str, dst: Path) -> None:
     """Convert a Caffe / Caffe2 / PyTorch checkpoint to a state_dict .pth (a mean file to .npy).
 
