@@ -167,7 +167,8 @@ class PTVResNet(LayerwiseModel):
         return x
 
     def _steps(self) -> List[Step]:
-        head: ResNetBasicHead = self.blocks[5]  # type: ignore[assignment]
+        head = self.blocks[5]
+        assert isinstance(head, ResNetBasicHead)  # built last in __init__ (ModuleList items are typed Module)
         return [
             ("res5", self._trunk),
             ("pool5", head.pool_map, lambda m: m.mean((2, 3, 4))),

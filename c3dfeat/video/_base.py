@@ -17,7 +17,7 @@ PathLike = Union[str, os.PathLike]
 
 _INSTALL_HINT = {
     "decord": "pip install decord   (no wheel for macOS arm64 / Linux aarch64: use --decoder pyav)",
-    "pyav": "pip install av   (or: pip install 'c3dfeat[pyav]')",
+    "pyav": "pip install av   (PyAV is a dependency of c3dfeat: reinstalling c3dfeat also brings it)",
     "torchcodec": "pip install 'c3dfeat[torchcodec]' and the FFmpeg shared libraries (apt-get install ffmpeg); "
     "the torchcodec release must match your torch (CPU torch: torchcodec==0.13.0+cpu, see docs/extract.md)",
 }
