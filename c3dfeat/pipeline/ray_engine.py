@@ -25,6 +25,7 @@ header have arrived; rows of already committed videos are ignored.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import logging
@@ -251,13 +252,18 @@ def _import_engine() -> int:
     return os.getpid()
 
 
-def _warm_workers() -> List[Any]:
-    """Start the import in as many workers as the cluster has CPUs, while the driver builds the
-    models; Ray reuses these worker processes for the decode tasks and the actors."""
+def _warm_workers(actor_cpus: int) -> List[Any]:
+    """Start the import in the workers that will decode, while the driver builds the models.
+
+    Ray reuses these worker processes for the decode tasks, but never for an actor (an actor
+    gets a fresh process), so only the CPUs the actors leave are warmed: one more import would
+    only compete for the CPU with the actor's own (on 2 cores, seconds).
+    """
     import ray
 
     warm = ray.remote(num_cpus=1)(_import_engine)
-    return [warm.remote() for _ in range(min(256, int(ray.cluster_resources().get("CPU", 1))))]
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    return [warm.remote() for _ in range(min(256, max(1, cpus - actor_cpus)))]
 
 
 def _cluster_device(device: str) -> Tuple[torch.device, int]:
@@ -297,21 +303,27 @@ def _dataset(todo: Sequence[VideoTask], prepared: Sequence[PreparedModel], *, de
     videos = ray.data.from_items(rows, override_num_blocks=min(len(rows), 10_000))
     light = [dataclasses.replace(m, net=_NO_NET) for m in prepared]  # decoders need transforms, not nets
     clips = videos.flat_map(functools.partial(_decode_rows, models=light, decoder=decoder), num_cpus=1)
-    if device.type == "cuda":
-        pool, num_cpus, num_gpus, threads = max(1, gpus), None, 1, 0
-    else:
-        # CPU inference: one actor per node at most, most CPUs left to decoding; the actor's torch
-        # uses the node's cores like the in-process engine's main thread does.
-        nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        pool, num_cpus, num_gpus, threads = max(1, min(nodes, cpus // 4)), 1, None, 0
+    pool, num_cpus, num_gpus = _actor_pool(device, gpus)
     models_ref = ray.put(list(prepared))
     return clips.map_batches(
         _InferenceActor,
-        fn_constructor_args=(models_ref, device.type, dtype, allow_tf32, batch_size, threads),
+        fn_constructor_args=(models_ref, device.type, dtype, allow_tf32, batch_size, 0),
         batch_size=_rows_per_call(prepared, batch_size), batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=pool), num_cpus=num_cpus, num_gpus=num_gpus,
     )
+
+
+def _actor_pool(device: torch.device, gpus: int) -> Tuple[int, Optional[int], Optional[int]]:
+    """The inference actors: (how many, CPUs each, GPUs each)."""
+    import ray
+
+    if device.type == "cuda":
+        return max(1, gpus), None, 1
+    # CPU inference: one actor per node at most, most CPUs left to decoding; the actor's torch
+    # uses the node's cores like the in-process engine's main thread does.
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    return max(1, min(nodes, cpus // 4)), 1, None
 
 
 def _rows_per_call(prepared: Sequence[PreparedModel], batch_size: int) -> int:
@@ -427,21 +439,27 @@ def extract_ray(
     reqs = check_options(models, weights=weights, dtype=dtype, crop_reduce=crop_reduce, batch_size=batch_size,
                          workers=workers, decoder=decoder)
     tasks, shard_kn = resolve_tasks(inputs, shard)
+    overrides = dict(clip_len=clip_len, stride=stride, frame_step=frame_step, num_clips=num_clips, fps=fps,
+                     tail=tail)
+    # Built once here, on CPU: the actors get these very networks (and weights) through the
+    # object store, so worker nodes need no weights cache and every actor runs the same model.
+    # Built in a thread while Ray's runtime starts: the two do not depend on each other, and
+    # the runtime's start is mostly waiting for its processes (~4 s of a short job here).
+    builder = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="c3dfeat-models")
+    building = builder.submit(
+        prepare_models, reqs, device=torch.device("cpu"), random_init=random_init, weights_dir=weights_dir,
+        require_hashes=require_hashes, weights_mirror=weights_mirror, sampling_overrides=overrides, crops=crops,
+        crop_reduce=crop_reduce)
+    builder.shutdown(wait=False)  # its one job still runs; the thread ends with it
     started = _start_ray(ray_address, workers)
     try:
-        warming = _warm_workers()  # noqa: F841  (kept alive until the dataset starts)
         dev, gpus = _cluster_device(device)
+        actors, cpus_each, _ = _actor_pool(dev, gpus)
+        warming = _warm_workers(actors * (cpus_each or 0))  # noqa: F841  (kept alive until the dataset starts)
         if batch_size is None:
             batch_size = default_batch_size(dev, [r.name for r in reqs])
         report = ExtractReport(output=Path(output), device=str(dev), dtype=dtype, batch_size=batch_size, engine="ray")
-        overrides = dict(clip_len=clip_len, stride=stride, frame_step=frame_step, num_clips=num_clips, fps=fps,
-                         tail=tail)
-        # Built once here, on CPU: the actors get these very networks (and weights) through the
-        # object store, so worker nodes need no weights cache and every actor runs the same model.
-        prepared = prepare_models(reqs, device=torch.device("cpu"), random_init=random_init,
-                                  weights_dir=weights_dir, require_hashes=require_hashes,
-                                  weights_mirror=weights_mirror, sampling_overrides=overrides, crops=crops,
-                                  crop_reduce=crop_reduce)
+        prepared = building.result()
         report.random_init = [m.key for m in prepared if m.random_init]
         report.warnings.extend(model_warnings(prepared, dev, dtype))
         writer = open_run_writer(
