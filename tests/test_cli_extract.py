@@ -174,6 +174,19 @@ def test_ctrl_c_saves_and_says_how_to_resume(tmp_path, videos):
         assert ff.num_videos == 5
 
 
+def _read_until(fd: int, needle: bytes, deadline: float, seen: bytes = b"") -> bytes:
+    """What the terminal `fd` shows, read until `needle` appears, the deadline passes or the
+    program closes it."""
+    while time.monotonic() < deadline and needle not in seen:
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if ready:
+            try:
+                seen += os.read(fd, 4096)
+            except OSError:
+                break
+    return seen
+
+
 def test_terminal_shows_progress_within_5_seconds(tmp_path, videos):
     """On a terminal (a pty), something is on screen within 5 s of the start."""
     master, slave = pty.openpty()
@@ -186,25 +199,12 @@ def test_terminal_shows_progress_within_5_seconds(tmp_path, videos):
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
     os.close(slave)
-    seen = b""
     try:
-        while time.monotonic() - t0 < 5.0 and b"extract" not in seen:
-            ready, _, _ = select.select([master], [], [], 0.1)
-            if ready:
-                try:
-                    seen += os.read(master, 4096)
-                except OSError:
-                    break
+        seen = _read_until(master, b"extract", t0 + 5.0)
         first = time.monotonic() - t0
         assert b"extract" in seen, f"nothing within {first:.1f} s: {seen[-500:]!r}"
         # the live line reaches the clip counts while the run goes on
-        while time.monotonic() - t0 < 120 and b"clips" not in seen:
-            ready, _, _ = select.select([master], [], [], 0.1)
-            if ready:
-                try:
-                    seen += os.read(master, 4096)
-                except OSError:
-                    break
+        seen = _read_until(master, b"clips", t0 + 120, seen)
         assert b"clips" in seen, seen[-2000:]
     finally:
         proc.send_signal(signal.SIGKILL)

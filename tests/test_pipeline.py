@@ -200,6 +200,20 @@ def test_engine_choice(tmp_path, videos):
         _run(videos, tmp_path / "f.h5", ray_address="auto")
 
 
+def test_ray_engine_takes_exactly_extracts_arguments():
+    """extract(engine="ray") hands every argument to extract_ray by name: the two signatures are
+    written twice (typed, with defaults), so an option added to one must be added to the other."""
+    import inspect
+
+    from c3dfeat.pipeline.api import extract as local_extract
+    from c3dfeat.pipeline.ray_engine import extract_ray
+
+    local = {k: v for k, v in inspect.signature(local_extract).parameters.items() if k not in ("engine", "crop")}
+    ray = dict(inspect.signature(extract_ray).parameters)
+    assert list(ray) == list(local)
+    assert [(p.kind, p.default) for p in ray.values()] == [(p.kind, p.default) for p in local.values()]
+
+
 # ----------------------------------------------------------------------------- batching, dtype
 def _clips(n, seed=0, shape=(1, 3, 4, 24, 24)):
     g = torch.Generator().manual_seed(seed)

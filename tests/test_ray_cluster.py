@@ -23,11 +23,10 @@ from typing import List
 
 import pytest
 
-from c3dfeat.errors import StoreError
 from c3dfeat.pipeline import extract
-from c3dfeat.store import FeatureFile
 from tests._extract_tiny import tiny_models  # noqa: F401  (fixture)
 from tests.synth import make_broken, make_video
+from tests.test_resume import _committed
 from tests.test_store import _assert_same_datasets
 
 ray = pytest.importorskip("ray")
@@ -134,14 +133,6 @@ _DRIVER = (
     "from c3dfeat.pipeline import extract; "
     "extract([{videos!r}], {out!r}, {models!r}, engine='ray', ray_address={address!r}, **{opts!r})"
 )
-
-
-def _committed(out: Path) -> int:
-    try:
-        with FeatureFile(out) as ff:
-            return ff.num_videos
-    except (StoreError, OSError, KeyError):
-        return -1
 
 
 @pytest.mark.slow  # ~40 s here: a second driver process and a resumed run
