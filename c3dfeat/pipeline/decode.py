@@ -8,7 +8,7 @@ decoded frames: each window is decoded once, each model's per-frame transform ru
 uses are dropped. Nothing scales with the video's length.
 
 Failure policy (docs/extract.md): only errors of *reading the video* — `VideoDecodeError` (the
-readers map every PyAV / decord error to it) and `OSError` — make a VideoFailed message. Any
+readers map every PyAV / decord / torchcodec error to it) and `OSError` — make a VideoFailed message. Any
 other exception is a bug in our code or torch and propagates to the caller with its traceback.
 """
 from __future__ import annotations
@@ -110,11 +110,16 @@ def failure_reason(e: BaseException) -> str:
 
 
 def decode_video(
-    task: VideoTask, models: Sequence[PreparedModel], decoder: str = "pyav", *, threads: int = 1
+    task: VideoTask, models: Sequence[PreparedModel], decoder: str = "pyav", *, threads: int = 1,
+    device: str = "cpu",
 ) -> Generator[DecodeMessage, None, None]:
     """Messages for one video: VideoStart, ClipReady (all models, each model's clips in order),
     then VideoEnd — or VideoFailed at the point reading failed (clips already emitted are then
-    worthless). Bugs raise. Closing the generator early closes the video."""
+    worthless). Bugs raise. Closing the generator early closes the video.
+
+    `device` = "cuda[:N]" decodes on the GPU (torchcodec only, checked beforehand by
+    c3dfeat.video.check_decode_device); the frames still come to the host, where the transforms
+    run, so the clips are CPU tensors either way."""
     from c3dfeat.video import open_video
 
     rec = VideoRecord(id=task.id, path=str(task.path), label=task.label, input_index=task.input_index)
@@ -123,7 +128,7 @@ def decode_video(
     except OSError:
         pass  # open_video says why, below
     try:
-        with open_video(task.path, backend=decoder, threads=threads) as reader:
+        with open_video(task.path, backend=decoder, threads=threads, device=device) as reader:
             rec.num_frames, rec.fps = int(reader.num_frames), float(reader.fps)
             rec.duration, rec.height, rec.width = float(reader.duration), int(reader.height), int(reader.width)
             try:
