@@ -28,8 +28,11 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 
 def check_options(models: Sequence[Any], *, weights: Optional[PathLike], dtype: str, crop_reduce: str,
-                  batch_size: Optional[int], workers: int, decoder: str) -> List[ModelRequest]:
-    """The model requests of a run, after the checks both engines make (ConfigError otherwise)."""
+                  batch_size: Optional[int], workers: int, decoder: str,
+                  decode_device: str = "cpu") -> List[ModelRequest]:
+    """The model requests of a run, after the checks both engines make (ConfigError otherwise).
+    A `decode_device` other than "cpu" is checked on this machine (torchcodec, CUDA) here, so a
+    machine that cannot decode there stops the run before any video is opened."""
     reqs = [ModelRequest.of(m) for m in models]
     if weights is not None:
         if len(reqs) != 1:
@@ -47,6 +50,10 @@ def check_options(models: Sequence[Any], *, weights: Optional[PathLike], dtype: 
 
     if decoder not in BACKENDS:
         raise ConfigError(f"decoder must be one of {', '.join(BACKENDS)}, got {decoder!r}")
+    if decode_device != "cpu":
+        from c3dfeat.video import check_decode_device
+
+        check_decode_device(decode_device, decoder)
     return reqs
 
 
@@ -101,15 +108,23 @@ def model_warnings(prepared: Sequence[PreparedModel], device: torch.device, dtyp
 
 def open_run_writer(output: PathLike, models: Sequence[PreparedModel], *, decoder: str, dtype: str, half: bool,
                     retry_failed: bool, overwrite: bool, command_line: Optional[str],
-                    shard: Optional[Tuple[int, int]], run: Dict[str, Any]) -> Any:
+                    shard: Optional[Tuple[int, int]], run: Dict[str, Any], decode_device: str = "cpu") -> Any:
     """The run's writer. The provenance (compared on resume) is the models' records plus the
-    decoder and compute dtype; `run` (device, batch size, engine ...) is recorded, not compared:
-    features are bit-reproducible for the same device, dtype and batch size (batching.py)."""
+    decoder, the decode device's kind (only when not the CPU) and compute dtype; `run` (device,
+    batch size, engine ...) is recorded, not compared: features are bit-reproducible for the same
+    device, dtype and batch size (batching.py)."""
     from c3dfeat.store import open_writer
+    from c3dfeat.video import decode_device_kind
 
     if command_line is None:
         command_line = " ".join(shlex.quote(a) for a in sys.argv)
-    return open_writer(Path(output), [m.info for m in models], {"decoder": decoder, "dtype": dtype},
+    provenance = {"decoder": decoder, "dtype": dtype}
+    kind = decode_device_kind(decode_device)
+    if kind != "cpu":
+        # NVDEC converts colours differently from the CPU decoders, so a file is resumed or merged
+        # only with the same kind. Absent means "cpu": older files (and CPU runs) compare equal.
+        provenance["decode_device"] = kind
+    return open_writer(Path(output), [m.info for m in models], provenance,
                        storage_dtype="float16" if half else "float32", retry_failed=retry_failed,
                        overwrite=overwrite, command_line=command_line,
                        shard=f"{shard[0]}/{shard[1]}" if shard else "",

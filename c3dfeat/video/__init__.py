@@ -23,16 +23,20 @@ from __future__ import annotations
 from c3dfeat.errors import VideoDecodeError
 from c3dfeat.video._base import BACKENDS, PathLike, VideoReader, _import_backend, available_backends
 from c3dfeat.video._decord import DecordReader
+from c3dfeat.video._device import DECODE_DEVICES, check_decode_device, decode_device_kind, parse_decode_device
 from c3dfeat.video._pyav import PyAVReader, timestamps_index_frames
 from c3dfeat.video._torchcodec import TorchCodecReader
 
-__all__ = ["BACKENDS", "VideoReader", "DecordReader", "PyAVReader", "TorchCodecReader", "open_video",
-           "available_backends", "_import_backend"]
+__all__ = ["BACKENDS", "DECODE_DEVICES", "VideoReader", "DecordReader", "PyAVReader", "TorchCodecReader",
+           "open_video", "available_backends", "check_decode_device", "decode_device_kind", "parse_decode_device",
+           "_import_backend"]
 
 
 def open_video(path: PathLike, backend: str = "pyav", threads: int = 0, device: str = "cpu") -> VideoReader:
     """Open `path` with `backend` (one of BACKENDS); `threads` = decoder threads (0 = auto);
-    `device` = "cuda[:N]" decodes on the GPU (torchcodec only)."""
+    `device` = "cuda[:N]" decodes on the GPU (torchcodec only; check the machine once with
+    :func:`check_decode_device` first). Files that torchcodec leaves to PyAV (below) and codecs
+    NVDEC lacks (torchcodec's own fallback) are still decoded on the CPU."""
     if device != "cpu" and backend != "torchcodec":
         raise VideoDecodeError(f"decoding on {device} needs backend='torchcodec' ({backend} decodes on the CPU)")
     if backend == "decord":
