@@ -8,6 +8,7 @@ a reason that is the machine's, not the videos'.
 from __future__ import annotations
 
 import io
+import re
 from typing import Any, Optional
 
 from c3dfeat.errors import ConfigError, VideoDecodeError
@@ -16,21 +17,20 @@ from c3dfeat.video._base import _import_backend, _short
 __all__ = ["DECODE_DEVICES", "check_decode_device", "parse_decode_device", "decode_device_kind"]
 
 DECODE_DEVICES = ("cpu", "cuda")  # device types; "cuda:N" picks a GPU
+_SYNTAX = re.compile(r"cpu|cuda(?::(\d+))?")
 _CUDA_TORCHCODEC = ("pip install torchcodec --index-url https://download.pytorch.org/whl/cu128 "
                     "(the CUDA build matching your torch; docs/extract.md, Decoders)")
 
 
 def parse_decode_device(device: str) -> str:
-    """"cpu", "cuda" or "cuda:N" as torch spells it; ConfigError for anything else."""
-    import torch
-
-    try:
-        d = torch.device(device)
-    except (RuntimeError, TypeError):
-        d = None
-    if d is None or d.type not in DECODE_DEVICES or (d.type == "cpu" and d.index not in (None, 0)):
+    """"cpu", "cuda" or "cuda:N" (as torch spells them); ConfigError for anything else.
+    Torch-free, so that the CLI can check the option's syntax while parsing it."""
+    m = _SYNTAX.fullmatch(device.strip().lower()) if isinstance(device, str) else None
+    if m is None:
         raise ConfigError(f"decode_device must be cpu, cuda or cuda:N, got {device!r}")
-    return "cpu" if d.type == "cpu" else str(d)
+    if m.group(0) == "cpu":
+        return "cpu"
+    return "cuda" if m.group(1) is None else f"cuda:{int(m.group(1))}"
 
 
 def decode_device_kind(device: str) -> str:
@@ -52,7 +52,7 @@ def check_decode_device(device: str, backend: str) -> str:
     if not torch.cuda.is_available():
         raise ConfigError(f"--decode-device {device}: torch {torch.__version__} sees no CUDA GPU (a CPU build of "
                           "torch, or no GPU / driver); decode on the CPU (--decode-device cpu)")
-    index = torch.device(device).index or 0
+    index = int(device.partition(":")[2] or 0)
     if index >= torch.cuda.device_count():
         raise ConfigError(f"--decode-device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
     try:
