@@ -13,7 +13,7 @@ import torch
 from c3dfeat.errors import ConfigError, ExtractInterrupted, NoVideosError
 from c3dfeat.models import get_spec, register_model
 from c3dfeat.models._registry import _REGISTRY
-from c3dfeat.pipeline import Progress, extract, scheduler as scheduler_module
+from c3dfeat.pipeline import Progress, extract, procdecode as procdecode_module, scheduler as scheduler_module
 from c3dfeat.pipeline.batching import BatchRunner
 from c3dfeat.pipeline.decode import ClipReady, VideoStart, VideoTask, decode_video
 from c3dfeat.pipeline.plan import ModelRequest, prepare_model
@@ -47,7 +47,8 @@ def _run(d, out, **kw):
 
 
 # ----------------------------------------------------------------------------- failures vs bugs
-def test_bug_in_transform_stops_the_run_committed_videos_stay(tmp_path, videos, monkeypatch):
+@pytest.mark.parametrize("worker_kind", ["thread", "process"])
+def test_bug_in_transform_stops_the_run_committed_videos_stay(tmp_path, videos, monkeypatch, worker_kind):
     original = ClipTransform.frames
 
     def buggy_frames(self, frames):
@@ -59,8 +60,11 @@ def test_bug_in_transform_stops_the_run_committed_videos_stay(tmp_path, videos, 
     out = tmp_path / "f.h5"
     # one worker, batch 1: a and b are committed before c's crash reaches the main thread
     with pytest.raises(RuntimeError, match="shape bug") as e:
-        _run(videos, out, workers=1, batch_size=1)
-    assert "buggy_frames" in "".join(str(tb.name) for tb in e.traceback)  # the worker's traceback
+        _run(videos, out, workers=1, batch_size=1, worker_kind=worker_kind)
+    if worker_kind == "thread":  # the worker's traceback
+        assert "buggy_frames" in "".join(str(tb.name) for tb in e.traceback)
+    else:  # the child's traceback, as a note on the same exception
+        assert type(e.value) is RuntimeError and "buggy_frames" in "".join(e.value.__notes__)
     with h5py.File(out, "r") as f:  # closed cleanly: plain h5py opens it
         assert f["committed"][0] == 2
     with FeatureFile(out) as ff:
@@ -71,14 +75,15 @@ def test_bug_in_transform_stops_the_run_committed_videos_stay(tmp_path, videos, 
     assert (rep.skipped, rep.ok) == (2, 1)
 
 
+@pytest.mark.parametrize("worker_kind", ["thread", "process"])
 @pytest.mark.parametrize("error", [ValueError("bad index"), TypeError("wrong type"), KeyError("k")])
-def test_any_non_read_error_propagates(tmp_path, videos, monkeypatch, error):
+def test_any_non_read_error_propagates(tmp_path, videos, monkeypatch, error, worker_kind):
     def broken(self, frames):
         raise error
 
     monkeypatch.setattr(ClipTransform, "frames", broken)
     with pytest.raises(type(error)):
-        _run(videos, tmp_path / "f.h5", workers=2)
+        _run(videos, tmp_path / "f.h5", workers=2, worker_kind=worker_kind)
 
 
 def test_unreadable_videos_are_recorded_and_the_run_goes_on(tmp_path):
@@ -97,7 +102,8 @@ def test_unreadable_videos_are_recorded_and_the_run_goes_on(tmp_path):
         assert dict(ff.failed) == failed
 
 
-def test_worker_crash_reaches_the_main_thread_even_with_a_full_queue(tmp_path, videos, monkeypatch):
+@pytest.mark.parametrize("worker_kind", ["thread", "process"])
+def test_worker_crash_reaches_the_main_thread_even_with_a_full_queue(tmp_path, videos, monkeypatch, worker_kind):
     """The crash comes after many clips, while the main thread is slow: the queue is full for
     longer than any timeout would wait, and the error still arrives."""
     def crashing_decode(task, models, decoder="pyav", threads=1):
@@ -113,13 +119,15 @@ def test_worker_crash_reaches_the_main_thread_even_with_a_full_queue(tmp_path, v
         raise AssertionError("crash after the clips")
 
     monkeypatch.setattr(scheduler_module, "decode_video", crashing_decode)
+    monkeypatch.setattr(procdecode_module, "decode_video", crashing_decode)  # inherited by the fork
     slow = threading.Event()
 
     def progress(p: Progress) -> None:
         slow.wait(0.01)
 
     with pytest.raises(AssertionError, match="crash after the clips"):
-        _run(videos, tmp_path / "f.h5", workers=1, batch_size=1, progress=progress, max_pending=1)
+        _run(videos, tmp_path / "f.h5", workers=1, batch_size=1, progress=progress, max_pending=1,
+             worker_kind=worker_kind)
 
 
 # ----------------------------------------------------------------------------- interrupts, progress

@@ -6,10 +6,11 @@
 
 Steps, each a method:
 
-* **decode** (`_decode_worker`, `workers` threads; PyAV, decord and torch release the GIL):
-  take the next video in order, run :func:`~c3dfeat.pipeline.decode.decode_video`, put its
-  messages on one bounded queue. At most `max_pending` videos are in flight past the last
-  commit, so buffered features stay bounded.
+* **decode** (`_decode_worker`, `workers` threads): take the next video in order, run
+  :func:`~c3dfeat.pipeline.decode.decode_video` — in the thread itself (`worker_kind="thread"`),
+  or in that thread's forked decode process (`"process"`, :mod:`~c3dfeat.pipeline.procdecode`:
+  no GIL shared between decoders) — and put its messages on one bounded queue. At most
+  `max_pending` videos are in flight past the last commit, so buffered features stay bounded.
 * **batch** (`batch`): a clip goes into its model's :class:`BatchRunner`; a full batch runs.
 * **run** (`run_batch`): the forward pass; the features are scattered to their videos.
 * **commit** (`commit`): finished videos go to the writer strictly in input order.
@@ -33,6 +34,7 @@ from c3dfeat.pipeline.assemble import VideoAssembler
 from c3dfeat.pipeline.batching import BatchRunner, LaunchedBatch
 from c3dfeat.pipeline.decode import ClipReady, VideoEnd, VideoFailed, VideoStart, VideoTask, decode_video
 from c3dfeat.pipeline.plan import PreparedModel
+from c3dfeat.pipeline.procdecode import DecodeProcess
 from c3dfeat.pipeline.report import ExtractReport, Progress
 
 __all__ = ["LocalScheduler"]
@@ -68,6 +70,8 @@ class LocalScheduler:
         decoder: str = "pyav",
         batch_size: int = 4,
         workers: int = 2,
+        worker_kind: str = "thread",
+        decode_device: str = "cpu",
         device: Optional[torch.device] = None,
         dtype: str = "fp32",
         max_pending: Optional[int] = None,
@@ -82,6 +86,12 @@ class LocalScheduler:
         self.report = report
         self.decoder = decoder
         self.workers = workers
+        if worker_kind not in ("thread", "process"):
+            raise ValueError(f"worker_kind must be 'thread' or 'process' (resolved), got {worker_kind!r}")
+        self.worker_kind = worker_kind
+        # Only passed on when not the default: decode_video(device=...) is GPU decoding (torchcodec).
+        self._decode_options = {} if decode_device == "cpu" else {"device": decode_device}
+        self._procs: List[DecodeProcess] = []
         self.progress = progress
         self.t0 = time.monotonic() if t0 is None else t0
         dev = device or torch.device("cpu")
@@ -101,8 +111,11 @@ class LocalScheduler:
     def run(self) -> None:
         """Extract every task; returns when all are committed. A bug, a worker crash or Ctrl-C
         raises here after the decode threads are stopped (committed videos stay)."""
-        self._threads = [threading.Thread(target=self._decode_worker, name=f"c3dfeat-decode-{i}", daemon=True)
-                         for i in range(self.workers)]
+        if self.worker_kind == "process":
+            # Forked here, before this run starts any thread of its own.
+            self._procs = [DecodeProcess(self.models, self.decoder, self._decode_options) for _ in range(self.workers)]
+        self._threads = [threading.Thread(target=self._decode_worker, args=(i,), name=f"c3dfeat-decode-{i}",
+                                          daemon=True) for i in range(self.workers)]
         for t in self._threads:
             t.start()
         try:
@@ -161,7 +174,7 @@ class LocalScheduler:
         return ran
 
     # ------------------------------------------------------------------ steps
-    def _decode_worker(self) -> None:
+    def _decode_worker(self, index: int) -> None:
         """decode: videos in order → messages on the queue (a crash is a message too)."""
         try:
             while True:
@@ -174,7 +187,9 @@ class LocalScheduler:
                 if seq >= len(self.tasks):
                     self._pending.release()
                     break
-                messages = decode_video(self.tasks[seq], self.models, self.decoder)
+                task = self.tasks[seq]
+                messages = (self._procs[index].decode(task) if self._procs
+                            else decode_video(task, self.models, self.decoder, **self._decode_options))
                 try:
                     for msg in messages:
                         self._put(msg)
@@ -257,6 +272,8 @@ class LocalScheduler:
                 self._drain()
                 t.join(timeout=0.05)
         self._drain()
+        for proc in self._procs:
+            proc.close(kill=any(t.is_alive() for t in self._threads))
 
     def _drain(self) -> None:
         try:

@@ -1,0 +1,258 @@
+"""Decode worker processes: `decode_video` in forked children, clips back through shared memory.
+
+Why: a decode thread holds the GIL for ~15 % of its time (PyAV's frame iteration and
+reformatting, the per-frame transform's Python), so threads stop scaling long before the 16+
+cores a GPU machine gives its decoders. A forked child has its own interpreter.
+
+    proc = DecodeProcess(models, decoder="pyav")   # fork now, before any decode thread exists
+    for msg in proc.decode(task): ...              # the same messages as decode_video(task, ...)
+    proc.close()
+
+Each child owns, per model, a ring of `SLOTS` clip buffers in shared memory (allocated once,
+before the fork, so both sides map the same pages: no per-clip allocation or page faults) and a
+semaphore counting free slots. The child decodes with `decode_video`, copies each clip into its
+next slot and sends a small tuple over a pipe; the parent copies the slot out and frees it. So
+the child is at most `SLOTS` clips ahead, and the bounded queues downstream still bound memory.
+
+The messages are those of decode_video, so `VideoFailed` keeps its meaning (the video cannot be
+read). Two more outcomes:
+
+* a bug in the child (any exception decode_video lets through) is re-raised in the parent, the
+  same exception with the child's traceback as a note (:class:`DecodeProcessError` with the
+  traceback if it does not pickle): it stops the run, as in a decode thread;
+* the child *dies* (a decoder crashing on a malformed file, the OOM killer): the video is recorded
+  as failed with the signal, a fresh child is forked and the run goes on; after
+  `MAX_CONSECUTIVE_DEATHS` deaths in a row without a video read in between, the run stops, since
+  then the cause is not the videos.
+
+Fork only (Linux): the children inherit the prepared models and the shared buffers without
+pickling. `worker_kind="thread"` (api.extract) keeps everything in one process.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import signal
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any, Generator, List, Optional, Sequence
+
+import torch
+
+from c3dfeat.pipeline.decode import (
+    ClipReady,
+    DecodeMessage,
+    VideoEnd,
+    VideoFailed,
+    VideoStart,
+    VideoTask,
+    decode_video,
+)
+from c3dfeat.pipeline.plan import PreparedModel
+from c3dfeat.store import VideoRecord
+
+__all__ = ["DecodeProcess", "DecodeProcessError", "WORKER_KINDS", "fork_available", "resolve_worker_kind",
+           "SLOTS", "MAX_CONSECUTIVE_DEATHS"]
+
+WORKER_KINDS = ("auto", "process", "thread")
+SLOTS = 4  # clip buffers per model per child: how far a child may run ahead of its reader
+MAX_CONSECUTIVE_DEATHS = 3
+_CLIP = "clip"
+_CRASH = "crash"
+
+
+class DecodeProcessError(RuntimeError):
+    """Decode processes failing for a reason that is not a video's (a bug whose exception does
+    not pickle, or children dying one after another); the child's traceback is in the message."""
+
+
+def fork_available() -> bool:
+    return "fork" in multiprocessing.get_all_start_methods() and os.name == "posix"
+
+
+def resolve_worker_kind(kind: str) -> str:
+    """"auto" → "process" where fork exists (Linux, macOS excluded: fork is unsafe there), else "thread"."""
+    from c3dfeat.errors import ConfigError
+
+    if kind not in WORKER_KINDS:
+        raise ConfigError(f"worker_kind must be one of {', '.join(WORKER_KINDS)}, got {kind!r}")
+    usable = fork_available() and not _is_macos()
+    if kind == "process" and not usable:
+        raise ConfigError("decode worker processes need fork (Linux); use worker_kind='thread'")
+    if kind == "auto":
+        return "process" if usable else "thread"
+    return kind
+
+
+def _is_macos() -> bool:
+    import sys
+
+    return sys.platform == "darwin"
+
+
+class DecodeProcess:
+    """One forked child that decodes the tasks its parent thread sends it (module docstring)."""
+
+    def __init__(self, models: Sequence[PreparedModel], decoder: str, decode_options: Optional[dict] = None) -> None:
+        self.models = list(models)
+        self.decoder = decoder
+        self.decode_options = dict(decode_options or {})
+        self._ctx = multiprocessing.get_context("fork")
+        # Shared before the fork: the child writes into the very pages the parent reads.
+        self._slots = [torch.empty((SLOTS,) + tuple(m.clip_shape)).share_memory_() for m in self.models]
+        self._process: Optional[Any] = None
+        self._conn: Optional[Connection] = None
+        self._free: List[Any] = []
+        self.deaths_in_a_row = 0
+        self._start()
+
+    # ------------------------------------------------------------------ parent side
+    def decode(self, task: VideoTask) -> Generator[DecodeMessage, None, None]:
+        """The messages of `decode_video(task, ...)`, computed in the child. Closing the
+        generator before the video's last message kills the child (it is mid-video) and forks
+        a fresh one."""
+        if self._conn is None:
+            self._start()
+        conn = self._conn
+        assert conn is not None
+        finished = False
+        record: Optional[VideoRecord] = None
+        try:
+            conn.send(task)
+            while True:
+                try:
+                    msg = conn.recv()
+                except (EOFError, OSError):
+                    yield self._died(task, record)
+                    finished = True
+                    return
+                if type(msg) is tuple and msg[0] == _CLIP:
+                    _, seq, m, clip, slot = msg
+                    tensor = self._slots[m][slot].clone()  # the slot is reused once freed
+                    self._free[m].release()
+                    yield ClipReady(seq, m, clip, tensor)
+                    continue
+                if type(msg) is tuple and msg[0] == _CRASH:
+                    finished = True
+                    self.close()
+                    where = f"in the decode process, while reading {task.path}:\n{msg[1]}"
+                    error = _unpickle_exception(msg[2])
+                    if error is None:
+                        raise DecodeProcessError(f"internal error {where}")
+                    error.add_note(where)  # same type as in a decode thread; the child's traceback as a note
+                    raise error
+                if isinstance(msg, VideoStart):
+                    record = msg.record
+                yield msg
+                if isinstance(msg, (VideoEnd, VideoFailed)):
+                    self.deaths_in_a_row = 0
+                    finished = True
+                    return
+        finally:
+            if not finished:  # abandoned mid-video (the run is stopping): the child is out of step
+                self.close(kill=True)
+
+    def close(self, kill: bool = False) -> None:
+        """Stop the child: politely when idle, by SIGKILL when `kill` (mid-video)."""
+        proc, conn = self._process, self._conn
+        self._process, self._conn = None, None
+        if proc is None:
+            return
+        if not kill and conn is not None:
+            try:
+                conn.send(None)
+            except OSError:
+                kill = True
+        if kill:
+            proc.kill()
+        proc.join(timeout=10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+        if conn is not None:
+            conn.close()
+
+    # ------------------------------------------------------------------ helpers
+    def _start(self) -> None:
+        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        self._free = [self._ctx.Semaphore(SLOTS) for _ in self.models]
+        proc = self._ctx.Process(target=_child_main, name="c3dfeat-decode-proc", daemon=True,
+                                 args=(child_conn, self.models, self.decoder, self.decode_options, self._slots,
+                                       self._free))
+        proc.start()
+        child_conn.close()  # so that the child's death is an EOF here
+        self._process, self._conn = proc, parent_conn
+
+    def _died(self, task: VideoTask, record: Optional[VideoRecord]) -> VideoFailed:
+        """The child died while reading `task`: that video failed; fork a fresh child."""
+        proc = self._process
+        code = None
+        if proc is not None:
+            proc.join(timeout=10)
+            code = proc.exitcode
+        self.close(kill=True)
+        self.deaths_in_a_row += 1
+        how = f"signal {-code} ({_signal_name(-code)})" if code is not None and code < 0 else f"exit code {code}"
+        if self.deaths_in_a_row >= MAX_CONSECUTIVE_DEATHS:
+            raise DecodeProcessError(
+                f"{self.deaths_in_a_row} decode processes in a row died ({how}, last on {task.path}): "
+                "not a property of the videos; rerun with worker_kind='thread' (--worker-kind thread) "
+                "to see the error")
+        rec = record or VideoRecord(id=task.id, path=str(task.path), label=task.label, input_index=task.input_index)
+        rec.status = "failed"
+        rec.error = f"{task.path}: the decoder process died with {how} while reading this video"
+        self._start()
+        return VideoFailed(task.seq, rec, rec.error)
+
+
+def _unpickle_exception(data: Optional[bytes]) -> Optional[BaseException]:
+    """The child's exception, when it survived pickling (our own exceptions do)."""
+    if data is None:
+        return None
+    try:
+        e = pickle.loads(data)  # our own child's bytes, over our own pipe
+    except Exception:  # noqa: BLE001
+        return None
+    return e if isinstance(e, BaseException) else None
+
+
+def _signal_name(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return "unknown"
+
+
+def _child_main(conn: Connection, models: Sequence[PreparedModel], decoder: str, decode_options: dict,
+                slots: Sequence[torch.Tensor], free: Sequence[Any]) -> None:
+    """The child: decode each task received, clips into the slots, messages up the pipe."""
+    # Ctrl-C reaches the whole process group: the parent decides what stops and kills us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # One thread: decoders scale by process; an OpenMP pool inherited through fork must not be used.
+    torch.set_num_threads(1)
+    next_slot = [0] * len(models)
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:
+            return  # the parent is gone
+        if task is None:
+            return
+        try:
+            for msg in decode_video(task, models, decoder, **decode_options):
+                if isinstance(msg, ClipReady):
+                    m, slot = msg.model, next_slot[msg.model]
+                    free[m].acquire()
+                    slots[m][slot].copy_(msg.tensor)
+                    next_slot[m] = (slot + 1) % SLOTS
+                    conn.send((_CLIP, msg.seq, m, msg.clip, slot))
+                else:
+                    conn.send(msg)
+        except BaseException as e:  # noqa: BLE001 - a bug: the parent re-raises it with this traceback
+            try:
+                cause: Optional[bytes] = pickle.dumps(e)
+            except Exception:  # noqa: BLE001 - not every exception pickles; the traceback text suffices
+                cause = None
+            conn.send((_CRASH, traceback.format_exc(), cause))
+            return

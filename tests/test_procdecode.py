@@ -1,0 +1,137 @@
+"""Decode worker processes (c3dfeat.pipeline.procdecode): same file as decode threads, a child
+that dies fails only its video, children that keep dying stop the run, nothing left behind."""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+
+import h5py
+import pytest
+
+from c3dfeat.errors import ConfigError, ExtractInterrupted
+from c3dfeat.pipeline import Progress, extract, procdecode
+from c3dfeat.pipeline.decode import decode_video
+from c3dfeat.pipeline.procdecode import MAX_CONSECUTIVE_DEATHS, DecodeProcessError, resolve_worker_kind
+from c3dfeat.store import FeatureFile
+from tests._extract_tiny import tiny_models  # noqa: F401  (fixture)
+from tests.synth import make_broken, make_video
+from tests.test_store import _assert_same_datasets
+
+pytestmark = [pytest.mark.usefixtures("tiny_models"),
+              pytest.mark.skipif(not procdecode.fork_available(), reason="decode processes need fork")]
+pytest.importorskip("av")
+
+MODELS = [("tiny3d", ["conv", "input"]), ("tiny3d_id", ["input"])]  # two clip shapes: one ring each
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    d = tmp_path_factory.mktemp("procs")
+    for name, frames in [("a", 9), ("b", 30), ("c", 7), ("d", 12), ("e", 40)]:
+        make_video(d / f"{name}.mp4", frames, size=(32, 32), noise=10)
+    make_broken(d, "truncated")
+    return d
+
+
+def _run(d, out, **kw):
+    return extract([d], out, kw.pop("models", MODELS), random_init=True, device="cpu", **kw)
+
+
+def _run_attr(path) -> dict:
+    with h5py.File(path, "r") as f:
+        return json.loads(f.attrs["run"])
+
+
+@pytest.mark.parametrize("workers,batch_size", [(1, 1), (2, 3)])
+def test_processes_give_the_threads_file(tmp_path, videos, workers, batch_size):
+    threads, procs = tmp_path / "threads.h5", tmp_path / "procs.h5"
+    rt = _run(videos, threads, workers=workers, batch_size=batch_size, worker_kind="thread")
+    rp = _run(videos, procs, workers=workers, batch_size=batch_size, worker_kind="process")
+    _assert_same_datasets(procs, threads)
+    _assert_same_datasets(threads, procs)
+    assert (rp.ok, rp.clips, rp.failed) == (rt.ok, rt.clips, rt.failed) and rp.ok == 5
+    assert [v for v, _ in rp.failed] == ["truncated.mp4"]  # a bad video is still just a failed video
+    assert _run_attr(procs)["worker_kind"] == "process" and _run_attr(threads)["worker_kind"] == "thread"
+    assert not multiprocessing.active_children()
+
+
+def test_resume_across_worker_kinds(tmp_path, videos):
+    out, ref = tmp_path / "f.h5", tmp_path / "ref.h5"
+    _run(videos, ref, worker_kind="thread")
+
+    def stop_after_two(p: Progress) -> None:
+        if p.event == "commit" and p.videos_done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(ExtractInterrupted):
+        _run(videos, out, worker_kind="process", progress=stop_after_two)
+    assert not multiprocessing.active_children()  # children stopped mid-video are gone
+    rep = _run(videos, out, worker_kind="thread")
+    assert rep.skipped == 2
+    _assert_same_datasets(out, ref)
+
+
+def _kill_child_on(names, monkeypatch):
+    """Patch decode_video (before the fork, so children inherit it) to SIGKILL the decoding
+    process itself after the first clip of the videos named in `names`."""
+    def dying_decode(task, models, decoder="pyav", **kw):
+        for n, msg in enumerate(decode_video(task, models, decoder, **kw)):
+            if task.path.stem in names and n == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+            yield msg
+
+    monkeypatch.setattr(procdecode, "decode_video", dying_decode)
+
+
+def test_a_child_that_dies_fails_its_video_and_the_run_goes_on(tmp_path, videos, monkeypatch):
+    ref = tmp_path / "ref.h5"
+    _run(videos, ref, worker_kind="thread", workers=2)
+    _kill_child_on({"b"}, monkeypatch)
+    out = tmp_path / "f.h5"
+    rep = _run(videos, out, worker_kind="process", workers=2)
+    failed = dict(rep.failed)
+    assert set(failed) == {"b.mp4", "truncated.mp4"} and rep.ok == 4
+    assert "decoder process died with signal 9 (SIGKILL)" in failed["b.mp4"]
+    with FeatureFile(out) as f, FeatureFile(ref) as r:
+        assert f.video_ids == r.video_ids  # input order kept
+        for vid in ("a.mp4", "c.mp4", "d.mp4", "e.mp4"):  # the others are untouched
+            for model, layer in (("tiny3d", "conv"), ("tiny3d_id", "input")):
+                assert (f.clips(vid, model, layer) == r.clips(vid, model, layer)).all()
+    assert not multiprocessing.active_children()
+    monkeypatch.undo()
+    rep = _run(videos, out, retry_failed=True)  # a later run can try it again
+    assert "b.mp4" not in dict(rep.failed)
+
+
+def test_children_dying_again_and_again_stop_the_run(tmp_path, videos, monkeypatch):
+    _kill_child_on({"a", "b", "c", "d", "e"}, monkeypatch)
+    with pytest.raises(DecodeProcessError, match=f"{MAX_CONSECUTIVE_DEATHS} decode processes in a row died"):
+        _run(videos, tmp_path / "f.h5", worker_kind="process", workers=1)
+    assert not multiprocessing.active_children()
+    with FeatureFile(tmp_path / "f.h5") as ff:
+        assert ff.state == "incomplete"  # a stopped run, resumable, not a finished one
+
+
+def test_an_exception_that_does_not_pickle_still_arrives(tmp_path, videos, monkeypatch):
+    class Unpicklable(Exception):
+        def __reduce__(self):
+            raise TypeError("no")
+
+    def broken(task, models, decoder="pyav", **kw):
+        raise Unpicklable("our bug")
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(procdecode, "decode_video", broken)
+    with pytest.raises(DecodeProcessError, match="our bug"):  # the child's traceback, as text
+        _run(videos, tmp_path / "f.h5", worker_kind="process", workers=1)
+    assert not multiprocessing.active_children()
+
+
+def test_worker_kind_choices():
+    assert resolve_worker_kind("thread") == "thread"
+    assert resolve_worker_kind("process") == "process"
+    assert resolve_worker_kind("auto") == "process"  # Linux: fork is there
+    with pytest.raises(ConfigError, match="worker_kind must be one of"):
+        resolve_worker_kind("fiber")
