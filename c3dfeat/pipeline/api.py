@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence, Tuple, Union
 
 from c3dfeat.errors import ConfigError
 from c3dfeat.pipeline.plan import ModelRequest, default_batch_size, pick_device, prepare_models
+from c3dfeat.pipeline.procdecode import resolve_worker_kind
 from c3dfeat.pipeline.report import ExtractReport, Progress
 from c3dfeat.pipeline.run import (
     check_options,
@@ -24,6 +25,7 @@ from c3dfeat.pipeline.run import (
 )
 from c3dfeat.pipeline.scheduler import LocalScheduler
 from c3dfeat.transforms import Crops
+from c3dfeat.video import parse_decode_device
 
 __all__ = ["extract", "ENGINES"]
 
@@ -62,7 +64,9 @@ def extract(
     allow_tf32: bool = False,
     batch_size: Optional[int] = None,
     workers: int = 2,
+    worker_kind: str = "auto",
     decoder: str = "pyav",
+    decode_device: str = "cpu",
     clip_len: Optional[int] = None,
     stride: Optional[int] = None,
     frame_step: Optional[int] = None,
@@ -100,7 +104,12 @@ def extract(
         allow_tf32: let CUDA fp32 matmuls/convolutions use TF32 (faster, not exact; off).
         batch_size: clips per forward pass (each clip counts once, whatever the crops);
             None: 4 on CPU, larger on CUDA (c3dfeat.runtime.default_batch_size when present).
-        workers: decoding threads.
+        workers: decoders running at once.
+        worker_kind: "process" (forked decode processes, no GIL shared: Linux), "thread" (decode
+            threads in this process) or "auto" (processes where fork is safe, else threads).
+        decode_device: "cpu", or "cuda[:N]" to decode on that GPU (NVDEC; decoder="torchcodec" with
+            a CUDA build, checked before any video is opened; in the provenance). The frames come
+            back to the host for the transform. Not with engine="ray" yet.
         clip_len, stride, frame_step, num_clips, fps, tail: sampling overrides (None: the
             model's own; ``fps=0``: the native rate; docs/sampling.md).
         crops: "center", 3 or 10; crop_reduce: "mean" (average the crops) or "none" (keep them).
@@ -130,6 +139,9 @@ def extract(
     if engine not in ENGINES:
         raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if engine == "ray":
+        if decode_device != "cpu":
+            raise ConfigError("GPU decoding is not supported with --engine ray yet; drop --decode-device "
+                              "(decode on the CPU) or use --engine local")
         from c3dfeat.pipeline.ray_engine import extract_ray
 
         args = dict(locals())
@@ -140,7 +152,16 @@ def extract(
         raise ConfigError("ray_address is only used with engine='ray'")
     t0 = time.monotonic()
     reqs = check_options(models, weights=weights, dtype=dtype, crop_reduce=crop_reduce, batch_size=batch_size,
-                         workers=workers, decoder=decoder)
+                         workers=workers, decoder=decoder, decode_device=decode_device)
+    decode_device = parse_decode_device(decode_device)
+    if decode_device != "cpu":
+        # The check above ran CUDA in this process, and a forked child cannot use CUDA again; NVDEC
+        # does the work anyway, so threads suffice.
+        if worker_kind == "process":
+            raise ConfigError("GPU decoding runs in decode threads (a forked process cannot use CUDA): "
+                              "use worker_kind='thread' (or 'auto') with decode_device")
+        worker_kind = "thread"
+    kind = resolve_worker_kind(worker_kind)
     dev = pick_device(device)
     prepare_runtime(dev, allow_tf32)
     if batch_size is None:
@@ -155,16 +176,17 @@ def extract(
     report.warnings.extend(model_warnings(prepared, dev, dtype))
     writer = open_run_writer(
         output, prepared, decoder=decoder, dtype=dtype, half=half, retry_failed=retry_failed, overwrite=overwrite,
-        command_line=command_line, shard=shard_kn,
-        run={"device": str(dev), "batch_size": batch_size, "workers": workers, "engine": "local",
-             "allow_tf32": allow_tf32},
+        command_line=command_line, shard=shard_kn, decode_device=decode_device,
+        run={"device": str(dev), "batch_size": batch_size, "workers": workers, "worker_kind": kind,
+             "decode_device": decode_device, "engine": "local", "allow_tf32": allow_tf32},
     )
     interrupted = False
     try:
         todo = pending_tasks(tasks, writer, report)
         t_run = time.monotonic()
         scheduler = LocalScheduler(todo, prepared, writer, report, decoder=decoder, batch_size=batch_size,
-                                   workers=workers, device=dev, dtype=dtype, max_pending=max_pending,
+                                   workers=workers, worker_kind=kind, decode_device=decode_device, device=dev,
+                                   dtype=dtype, max_pending=max_pending,
                                    progress=progress, t0=t0)
         try:
             with sigterm_as_interrupt():
