@@ -90,6 +90,7 @@ def _parse_models(models: Tuple[str, ...], layers: Tuple[str, ...]) -> List[Tupl
               help="Clips per forward pass (default: per device and model; 4 on a CPU).")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Decoding threads.")
 @options.decoder
+@options.decode_device
 @click.option("--clip-len", type=click.IntRange(min=1), default=None,
               help="Frames per clip (default: the model's).")
 @click.option("--stride", type=click.IntRange(min=1), default=None,

@@ -16,7 +16,7 @@ import click
 from c3dfeat.evaluate.choices import DATASETS, DEFAULT_CS, NORMS, SOLVERS
 from c3dfeat.sampling import SamplingConfig
 from c3dfeat.specs import COMPUTE_DTYPES, CROP_MODES, CROP_REDUCTIONS
-from c3dfeat.video import BACKENDS
+from c3dfeat.video import BACKENDS, DECODE_DEVICES, parse_decode_device
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -56,6 +56,26 @@ class OutputFile(click.Path):
         return path
 
 
+class DecodeDevice(click.ParamType):
+    """cpu, cuda or cuda:N (syntax only; whether this machine can decode there is checked by the
+    library before the first video). Anything else: one line, exit code 2."""
+
+    name = "decode_device"
+
+    def get_metavar(self, param: click.Parameter, ctx: Optional[click.Context] = None) -> str:
+        return "|".join(DECODE_DEVICES) + "[:N]"
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Any:
+        from c3dfeat.errors import ConfigError
+
+        try:
+            return parse_decode_device(value)
+        except ConfigError:
+            from c3dfeat.cli.root import UsageError
+
+            raise UsageError(f"--decode-device must be {', '.join(DECODE_DEVICES)} or cuda:N, got {value!r}") from None
+
+
 # --- where things run ----------------------------------------------------------------------------
 device = click.option("--device", default="auto", show_default=True,
                       help="auto (the first GPU if any, else cpu), cpu, cuda or cuda:N.")
@@ -63,6 +83,11 @@ dtype = click.option("--dtype", type=click.Choice(COMPUTE_DTYPES), default=COMPU
                      show_default=True, help="Compute dtype (fp32 is exact).")
 decoder = click.option("--decoder", type=click.Choice(BACKENDS), default="pyav", show_default=True,
                        help="Frame reader (decord's memory grows with video length; docs/extract.md).")
+decode_device = click.option(
+    "--decode-device", type=DecodeDevice(), default=DECODE_DEVICES[0], show_default=True,
+    help="Where videos are DECODED (not --device, where the model runs): cuda[:N] uses the GPU's NVDEC "
+         "and needs --decoder torchcodec built with CUDA; frames come back to the host for the "
+         "transforms. Recorded: a file is resumed only with the same kind.")
 
 # --- weights ---------------------------------------------------------------------------------------
 weights_dir = click.option(
