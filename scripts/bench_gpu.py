@@ -17,8 +17,10 @@ Prints one table:
   layout) and the peak GPU memory;
 * end to end (`c3dfeat.extract`, random-init C3D, HDF5 output) on synthetic H.264 videos of
   320x240 and 1280x720: CPU decoding with PyAV (workers = CPU cores) and GPU decoding with
-  torchcodec (NVDEC; frames come back to the host for the transform). The end-to-end ratio to
-  the model-only figure says how far decoding is from feeding the GPU.
+  torchcodec (`decode_device="cuda"`, NVDEC; frames come back to the host for the transform).
+  The end-to-end ratio to the model-only figure says how far decoding is from feeding the GPU;
+  "cores/1k" (host CPU seconds per clip x 1000) says how many CPU cores 1000 clips/s keep busy
+  with each kind of decoding: the cores NVDEC frees.
 
 Random weights (the arithmetic does not depend on them). Not a test: figures depend on the
 machine and its load, printed with the table.
@@ -28,12 +30,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -95,26 +98,31 @@ def _videos(cache: Path, size, seconds: float, copies: int) -> Path:
     return d
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and its reaped children (decode processes)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def end_to_end(folder: Path, dev: torch.device, model: str, dtype: str, batch: int, workers: int,
                decoder: str, decode_device: str, out: Path) -> Dict[str, float]:
-    import c3dfeat.video as video
+    """clips/s of `c3dfeat.extract`, and the host CPU seconds per clip (what GPU decoding saves)."""
     from c3dfeat.pipeline import extract
 
-    real: Callable = video.open_video
-    if decode_device != "cpu":
-        # The pipeline opens videos through c3dfeat.video.open_video: decode on the GPU here.
-        def on_gpu(path, backend="pyav", threads=0, device="cpu"):  # type: ignore[no-untyped-def]
-            return real(path, backend=backend, threads=threads, device=decode_device)
+    cpu0: List[float] = []
 
-        video.open_video = on_gpu  # type: ignore[assignment]
-    try:
-        r = extract([folder], out, [model], device=str(dev), dtype=dtype, batch_size=batch, workers=workers,
-                    decoder=decoder, random_init=True, overwrite=True)
-    finally:
-        video.open_video = real  # type: ignore[assignment]
+    def first_event(p: object) -> None:  # CPU time from the first video on: not the model's set-up
+        if not cpu0:
+            cpu0.append(_cpu_seconds())
+
+    r = extract([folder], out, [model], device=str(dev), dtype=dtype, batch_size=batch, workers=workers,
+                decoder=decoder, decode_device=decode_device, random_init=True, overwrite=True,
+                progress=first_event)
     if r.failed:
         raise SystemExit(f"end to end failed: {r.failed[:2]}")
-    return {"clips_per_s": r.clips_per_second, "clips": r.clips, "seconds": r.run_seconds}
+    cpu_per_clip = (_cpu_seconds() - cpu0[0]) / max(1, r.clips)
+    return {"clips_per_s": r.clips_per_second, "clips": r.clips, "seconds": r.run_seconds,
+            "cpu_s_per_clip": cpu_per_clip, "cores_per_1000_clips_s": 1000 * cpu_per_clip}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -148,8 +156,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     from c3dfeat.video import available_backends
 
     has_tc = "torchcodec" in available_backends()
+    gpu_decoding = ""  # why GPU decoding is skipped ("": it runs)
+    if not has_tc:
+        gpu_decoding = "torchcodec does not load"
+    elif dev.type == "cuda":
+        from c3dfeat.errors import ConfigError
+        from c3dfeat.video import check_decode_device
+
+        try:
+            check_decode_device(str(dev), "torchcodec")
+        except ConfigError as e:
+            gpu_decoding = str(e)
     print(f"device {name}, torch {torch.__version__}, {cores} CPU cores, allocator {allocator}, "
           f"torchcodec {'yes' if has_tc else 'no'}, load average {os.getloadavg()[0]:.1f}", flush=True)
+    if dev.type == "cuda" and gpu_decoding:
+        print(f"GPU decoding skipped: {gpu_decoding}", flush=True)
 
     rows: List[Dict[str, object]] = []
     for model in models:
@@ -164,9 +185,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     out = args.cache_dir / "bench_gpu.h5"
     for size in ((240, 320), (720, 1280)):
         folder = _videos(args.cache_dir, size, video_seconds, copies=max(2, min(cores, 4 if args.quick else 32)))
-        plans = [("pyav", "cpu", min(cores, 32))]  # workers = cores (capped: threads, not processes)
-        if has_tc:
-            plans.append(("torchcodec", "cpu" if dev.type == "cpu" else str(dev), max(1, min(cores, 4))))
+        plans = [("pyav", "cpu", min(cores, 32))]  # workers = cores (capped)
+        if has_tc and dev.type == "cpu":
+            plans.append(("torchcodec", "cpu", max(1, min(cores, 4))))
+        elif not gpu_decoding:  # NVDEC does the decoding: a few host threads copy and transform
+            plans.append(("torchcodec", str(dev), max(1, min(cores, 4))))
         for decoder, ddev, workers in plans:
             for dtype in ("fp32", "bf16"):
                 if args.quick and dtype == "bf16":
@@ -178,18 +201,22 @@ def main(argv: Optional[List[str]] = None) -> int:
                              "batch": e2e_batch, "decoder": f"{decoder} ({ddev}, {workers} workers)",
                              "ratio_to_model_only": ratio, **r})
                 print(f"  end to end {size[1]}x{size[0]} {decoder}@{ddev} x{workers} {dtype}: "
-                      f"{r['clips_per_s']:.1f} clips/s", flush=True)
+                      f"{r['clips_per_s']:.1f} clips/s, {r['cores_per_1000_clips_s']:.1f} host cores "
+                      "per 1000 clips/s", flush=True)
 
     print()
     header = (f"{'what':<22} {'model':<12} {'dtype':<5} {'batch':>5} {'clips/s':>9} {'GPU GiB':>8} "
-              f"{'x model':>8}  decoder")
+              f"{'x model':>8} {'cores/1k':>8}  decoder")
     print(header)
     print("-" * len(header))
     for r in rows:
         mem = r.get("gpu_mem_gib", float("nan"))
         ratio = r.get("ratio_to_model_only", float("nan"))
+        cores_k = r.get("cores_per_1000_clips_s", float("nan"))
         print(f"{r['kind']:<22} {r['model']:<12} {r['dtype']:<5} {r['batch']:>5} {r['clips_per_s']:>9.1f} "
-              f"{mem:>8.2f} {ratio:>8.2f}  {r.get('decoder', '')}")
+              f"{mem:>8.2f} {ratio:>8.2f} {cores_k:>8.1f}  {r.get('decoder', '')}")
+    print("cores/1k: host CPU seconds per clip x 1000 = CPU cores busy per 1000 clips/s (end to end; "
+          "compare CPU decoding with GPU decoding)")
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
