@@ -3,7 +3,7 @@
 
     .venv/bin/python scripts/bench_extract.py                       # C3D, default batch, CPU
     .venv/bin/python scripts/bench_extract.py --videos ../shared/videos --model r2plus1d_18
-    .venv/bin/python scripts/bench_extract.py --decode-bound 3          # 1 vs 2 decode workers
+    .venv/bin/python scripts/bench_extract.py --decode-bound 3 --copies 4   # 1 vs 2 decode workers
     .venv/bin/python scripts/bench_extract.py --allocator-ab 2          # mallopt on vs off
 
 Measures, for one model and batch size:
@@ -15,7 +15,9 @@ Measures, for one model and batch size:
    videos of 30 s and 5 min (generated once into --cache-dir).
 
 --decode-bound replaces the model by one that does no work (C3D's sampling and preprocessing):
-decode + sampling + transform + batching + store, the most a GPU could be fed per worker.
+decode + sampling + transform + batching + store, the most a GPU could be fed per worker; it
+alternates worker counts (--decode-workers) and kinds (--decode-kinds: threads, processes).
+--copies N runs on N copies of each video (the 6 shared clips alone take ~1.5 s per run).
 --allocator-ab compares glibc's defaults with `configure_allocator()` (system CPU, page faults).
 
 Targets on a CPU with C3D: end-to-end >= 0.95 x model-only; peak RSS of the 5-minute video within
@@ -68,6 +70,20 @@ def synth_video(path: Path, seconds: float, fps: int = 30, size=(360, 640)) -> P
             out.mux(p)
     os.replace(tmp, path)
     return path
+
+
+def copies_of(folder: Path, n: int, dest: Path) -> Path:
+    """`dest` holding n copies of every file in `folder` (real copies: inputs are de-duplicated
+    by their resolved path, so links would count once)."""
+    import shutil
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for src in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in (".mp4", ".avi")):
+        for k in range(n):
+            target = dest / f"copy{k}_{src.name}"
+            if not target.exists():
+                shutil.copyfile(src, target)
+    return dest
 
 
 def model_only(model: str, batch: int, batches: int, device: str, random_init: bool) -> float:
@@ -145,9 +161,11 @@ if kw.pop("null_model", False):
     kw["models"] = [register_null_model()]
 r = extract(**kw)
 ru = resource.getrusage(resource.RUSAGE_SELF)
+ch = resource.getrusage(resource.RUSAGE_CHILDREN)  # decode processes (worker_kind="process")
 print(json.dumps({{"clips": r.clips, "run_seconds": r.run_seconds, "ok": r.ok, "failed": len(r.failed),
-                  "maxrss_kib": ru.ru_maxrss, "user_s": ru.ru_utime, "sys_s": ru.ru_stime,
-                  "minor_faults": ru.ru_minflt}}))
+                  "maxrss_kib": ru.ru_maxrss, "child_maxrss_kib": ch.ru_maxrss,
+                  "user_s": ru.ru_utime + ch.ru_utime, "sys_s": ru.ru_stime + ch.ru_stime,
+                  "minor_faults": ru.ru_minflt + ch.ru_minflt}}))
 """
 
 
@@ -168,7 +186,9 @@ def end_to_end(inputs, out: Path, env: Optional[Dict[str, str]] = None, **kw) ->
 
 
 def _line(label: str, r: dict) -> str:
-    return (f"{label}: {r['clips']} clips, {r['clips_per_s']:.3f} clips/s, peak RSS {r['peak_rss_mib']:.0f} MiB, "
+    child = f" (largest decode process {r['child_maxrss_kib'] / 1024:.0f} MiB)" if r.get("child_maxrss_kib") else ""
+    return (f"{label}: {r['clips']} clips, {r['clips_per_s']:.3f} clips/s, "
+            f"peak RSS {r['peak_rss_mib']:.0f} MiB{child}, "
             f"user {r['user_s']:.1f} s, sys {r['sys_s']:.1f} s ({100 * r['sys_over_user']:.0f} %), "
             f"{r['minor_faults'] / 1e6:.2f} M minor faults, load {r['load']:.1f}")
 
@@ -179,6 +199,7 @@ def main() -> None:
     ap.add_argument("--model", default="c3d")
     ap.add_argument("--batch-size", type=int, default=None, help="default: c3dfeat.runtime.default_batch_size")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--worker-kind", default="auto", choices=["auto", "thread", "process"])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--decoder", default="pyav", choices=["pyav", "decord", "torchcodec"])
     ap.add_argument("--model-batches", type=int, default=4, help="timed batches for model-only")
@@ -195,6 +216,8 @@ def main() -> None:
                     help="instead: N rounds of the decode-bound run (a C3D-shaped model that does no work) "
                          "alternating --decode-workers")
     ap.add_argument("--decode-workers", default="1,2", help="worker counts for --decode-bound")
+    ap.add_argument("--decode-kinds", default="thread,process", help="worker kinds for --decode-bound")
+    ap.add_argument("--copies", type=int, default=1, help="run on N copies of each of --videos")
     args = ap.parse_args()
     from c3dfeat.runtime import default_batch_size
 
@@ -202,23 +225,28 @@ def main() -> None:
     skip = set(filter(None, args.skip.split(",")))
     random_init = not args.weights
     common = dict(models=[args.model], batch_size=batch, workers=args.workers, device=args.device,
-                  random_init=random_init, decoder=args.decoder)
+                  random_init=random_init, decoder=args.decoder, worker_kind=args.worker_kind)
     out = args.cache_dir / "bench.h5"
     args.cache_dir.mkdir(parents=True, exist_ok=True)
+    if args.copies > 1:
+        args.videos = copies_of(args.videos, args.copies, args.cache_dir / f"copies{args.copies}")
     print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
 
     if args.decode_bound:
         counts = [int(w) for w in args.decode_workers.split(",")]
-        runs: Dict[int, List[float]] = {w: [] for w in counts}
+        kinds = args.decode_kinds.split(",")
+        runs: Dict[tuple, List[float]] = {(k, w): [] for k in kinds for w in counts}
         for _ in range(args.decode_bound):
-            for w in counts:  # alternating: load drift hits every count alike
-                r = end_to_end([args.videos], out, **dict(common, workers=w, null_model=True, models=[]))
-                runs[w].append(r["clips_per_s"])
-                print(_line(f"decode-bound, {w} worker(s)", r), flush=True)
-        med = {w: statistics.median(v) for w, v in runs.items()}
-        for w in counts:
-            print(f"decode-bound {w} worker(s): median {med[w]:.1f} clips/s "
-                  f"({med[w] / med[counts[0]]:.2f}x {counts[0]} worker(s))")
+            for kind, w in runs:  # alternating: load drift hits every setting alike
+                r = end_to_end([args.videos], out, **dict(common, workers=w, worker_kind=kind, null_model=True,
+                                                          models=[]))
+                runs[kind, w].append(r["clips_per_s"])
+                print(_line(f"decode-bound, {w} {kind} worker(s)", r), flush=True)
+        med = {key: statistics.median(v) for key, v in runs.items()}
+        for kind, w in runs:
+            base = med[kind, counts[0]]
+            print(f"decode-bound {w} {kind} worker(s): median {med[kind, w]:.1f} clips/s "
+                  f"({med[kind, w] / base:.2f}x {counts[0]} {kind} worker(s))")
         print(f"load average at the end: {os.getloadavg()[0]:.2f}")
         return
     if args.allocator_ab:

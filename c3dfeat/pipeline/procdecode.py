@@ -8,8 +8,9 @@ cores a GPU machine gives its decoders. A forked child has its own interpreter.
     for msg in proc.decode(task): ...              # the same messages as decode_video(task, ...)
     proc.close()
 
-Each child owns, per model, a ring of `SLOTS` clip buffers in shared memory (allocated once,
-before the fork, so both sides map the same pages: no per-clip allocation or page faults) and a
+Each child owns, per model, a ring of `SLOTS` clip buffers in shared memory (an anonymous shared
+mapping made once, before the fork, so both sides map the same pages: no per-clip allocation or
+page faults, no /dev/shm file) and a
 semaphore counting free slots. The child decodes with `decode_video`, copies each clip into its
 next slot and sends a small tuple over a pipe; the parent copies the slot out and frees it. So
 the child is at most `SLOTS` clips ahead, and the bounded queues downstream still bound memory.
@@ -30,6 +31,8 @@ pickling. `worker_kind="thread"` (api.extract) keeps everything in one process.
 """
 from __future__ import annotations
 
+import math
+import mmap
 import multiprocessing
 import os
 import pickle
@@ -99,8 +102,12 @@ class DecodeProcess:
         self.decoder = decoder
         self.decode_options = dict(decode_options or {})
         self._ctx = multiprocessing.get_context("fork")
-        # Shared before the fork: the child writes into the very pages the parent reads.
-        self._slots = [torch.empty((SLOTS,) + tuple(m.clip_shape)).share_memory_() for m in self.models]
+        # Anonymous shared mappings made before the fork: the child writes into the very pages the
+        # parent reads. Not /dev/shm files (torch's share_memory_): containers often cap /dev/shm
+        # at 64 MiB, and a write past the cap is a SIGBUS, not an error.
+        self._maps = [mmap.mmap(-1, SLOTS * _numel(m.clip_shape) * 4) for m in self.models]
+        self._slots = [torch.frombuffer(mm, dtype=torch.float32).view((SLOTS,) + tuple(m.clip_shape))
+                       for mm, m in zip(self._maps, self.models)]
         self._process: Optional[Any] = None
         self._conn: Optional[Connection] = None
         self._free: List[Any] = []
@@ -204,6 +211,10 @@ class DecodeProcess:
         rec.error = f"{task.path}: the decoder process died with {how} while reading this video"
         self._start()
         return VideoFailed(task.seq, rec, rec.error)
+
+
+def _numel(shape: Sequence[int]) -> int:
+    return int(math.prod(shape))
 
 
 def _unpickle_exception(data: Optional[bytes]) -> Optional[BaseException]:
