@@ -26,7 +26,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -90,7 +90,7 @@ class LocalScheduler:
             raise ValueError(f"worker_kind must be 'thread' or 'process' (resolved), got {worker_kind!r}")
         self.worker_kind = worker_kind
         # Only passed on when not the default: decode_video(device=...) is GPU decoding (torchcodec).
-        self._decode_options = {} if decode_device == "cpu" else {"device": decode_device}
+        self._decode_options: Dict[str, Any] = {} if decode_device == "cpu" else {"device": decode_device}
         self._procs: List[DecodeProcess] = []
         self.progress = progress
         self.t0 = time.monotonic() if t0 is None else t0
