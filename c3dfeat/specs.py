@@ -198,3 +198,5 @@ COMPUTE_DTYPES: Tuple[str, ...] = ("fp32", "bf16", "fp16")  # `dtype`: compute d
 STORAGE_DTYPES: Tuple[str, ...] = ("float32", "float16")  # `storage_dtype` of stored features
 CROP_MODES: Tuple[Union[str, int], ...] = ("center", 3, 10)  # `crops`: the crop mode
 CROP_REDUCTIONS: Tuple[str, ...] = ("mean", "none")  # `crop_reduce`: average the crops or keep each
+# `worker_kind`: decoders in forked processes, in threads, or "auto" (processes where fork is safe)
+WORKER_KINDS: Tuple[str, ...] = ("auto", "process", "thread")

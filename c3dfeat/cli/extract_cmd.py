@@ -88,7 +88,8 @@ def _parse_models(models: Tuple[str, ...], layers: Tuple[str, ...]) -> List[Tupl
 @click.option("--allow-tf32", is_flag=True, help="Let CUDA fp32 use TF32 (faster, not exact).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Clips per forward pass (default: per device and model; 4 on a CPU).")
-@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Decoding threads.")
+@options.workers
+@options.worker_kind
 @options.decoder
 @options.decode_device
 @click.option("--clip-len", type=click.IntRange(min=1), default=None,

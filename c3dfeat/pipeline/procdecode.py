@@ -53,12 +53,12 @@ from c3dfeat.pipeline.decode import (
     decode_video,
 )
 from c3dfeat.pipeline.plan import PreparedModel
+from c3dfeat.specs import WORKER_KINDS
 from c3dfeat.store import VideoRecord
 
 __all__ = ["DecodeProcess", "DecodeProcessError", "WORKER_KINDS", "fork_available", "resolve_worker_kind",
            "SLOTS", "MAX_CONSECUTIVE_DEATHS"]
 
-WORKER_KINDS = ("auto", "process", "thread")
 SLOTS = 4  # clip buffers per model per child: how far a child may run ahead of its reader
 MAX_CONSECUTIVE_DEATHS = 3
 _CLIP = "clip"
