@@ -154,19 +154,64 @@ _CHILD = """
 import json, resource, sys
 sys.path.insert(0, {repo!r})
 sys.path.insert(0, {scripts!r})
+from bench_extract import PssSampler
 from c3dfeat.pipeline import extract
 kw = json.loads(sys.argv[1])
 if kw.pop("null_model", False):
     from bench_extract import register_null_model
     kw["models"] = [register_null_model()]
-r = extract(**kw)
+with PssSampler() as pss:
+    r = extract(**kw)
 ru = resource.getrusage(resource.RUSAGE_SELF)
 ch = resource.getrusage(resource.RUSAGE_CHILDREN)  # decode processes (worker_kind="process")
 print(json.dumps({{"clips": r.clips, "run_seconds": r.run_seconds, "ok": r.ok, "failed": len(r.failed),
-                  "maxrss_kib": ru.ru_maxrss, "child_maxrss_kib": ch.ru_maxrss,
+                  "maxrss_kib": ru.ru_maxrss, "child_maxrss_kib": ch.ru_maxrss, "peak_pss_kib": pss.peak_kib,
                   "user_s": ru.ru_utime + ch.ru_utime, "sys_s": ru.ru_stime + ch.ru_stime,
                   "minor_faults": ru.ru_minflt + ch.ru_minflt}}))
 """
+
+
+class PssSampler:
+    """Peak total PSS of this process and its children (decode processes), sampled every 0.2 s:
+    RSS counts the pages a forked child shares with its parent twice, PSS splits them."""
+
+    def __init__(self, period: float = 0.2) -> None:
+        self.period, self.peak_kib = period, 0
+        import threading
+
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> "PssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.period):
+            self.peak_kib = max(self.peak_kib, sum(_pss_kib(p) for p in [os.getpid()] + _children(os.getpid())))
+
+
+def _children(pid: int) -> List[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+def _pss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def end_to_end(inputs, out: Path, env: Optional[Dict[str, str]] = None, **kw) -> dict:
@@ -186,7 +231,8 @@ def end_to_end(inputs, out: Path, env: Optional[Dict[str, str]] = None, **kw) ->
 
 
 def _line(label: str, r: dict) -> str:
-    child = f" (largest decode process {r['child_maxrss_kib'] / 1024:.0f} MiB)" if r.get("child_maxrss_kib") else ""
+    child = f" (largest child {r['child_maxrss_kib'] / 1024:.0f} MiB)" if r.get("child_maxrss_kib") else ""
+    child += f", peak PSS with children {r['peak_pss_kib'] / 1024:.0f} MiB" if r.get("peak_pss_kib") else ""
     return (f"{label}: {r['clips']} clips, {r['clips_per_s']:.3f} clips/s, "
             f"peak RSS {r['peak_rss_mib']:.0f} MiB{child}, "
             f"user {r['user_s']:.1f} s, sys {r['sys_s']:.1f} s ({100 * r['sys_over_user']:.0f} %), "
