@@ -48,8 +48,10 @@ def _run_until(cmd, out: Path, condition, timeout: float = 120.0) -> None:
     try:
         while proc.poll() is None and time.monotonic() - t0 < timeout:
             if condition(out):
+                children = _children(proc.pid)  # decode processes (--worker-kind auto: process)
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
+                _assert_gone(children)  # they die with their parent, mid-video or idle
                 return
             time.sleep(0.01)
         raise AssertionError(f"run ended (rc={proc.poll()}) before the kill point: {proc.stderr.read()[-3000:]}")
@@ -57,6 +59,31 @@ def _run_until(cmd, out: Path, condition, timeout: float = 120.0) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _children(pid: int) -> list:
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"  # a zombie has exited (whoever adopted it may not reap it at once)
+
+
+def _assert_gone(pids: list, timeout: float = 10.0) -> None:
+    t0 = time.monotonic()
+    while any(_alive(p) for p in pids) and time.monotonic() - t0 < timeout:
+        time.sleep(0.05)
+    assert not [p for p in pids if _alive(p)], "decode processes outlived their killed parent"
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,7 @@ pickling. `worker_kind="thread"` (api.extract) keeps everything in one process.
 """
 from __future__ import annotations
 
+import ctypes
 import math
 import mmap
 import multiprocessing
@@ -61,6 +62,7 @@ __all__ = ["DecodeProcess", "DecodeProcessError", "WORKER_KINDS", "fork_availabl
 
 SLOTS = 4  # clip buffers per model per child: how far a child may run ahead of its reader
 MAX_CONSECUTIVE_DEATHS = 3
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _CLIP = "clip"
 _CRASH = "crash"
 
@@ -185,8 +187,8 @@ class DecodeProcess:
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
         self._free = [self._ctx.Semaphore(SLOTS) for _ in self.models]
         proc = self._ctx.Process(target=_child_main, name="c3dfeat-decode-proc", daemon=True,
-                                 args=(child_conn, self.models, self.decoder, self.decode_options, self._slots,
-                                       self._free))
+                                 args=(child_conn, os.getpid(), self.models, self.decoder, self.decode_options,
+                                       self._slots, self._free))
         proc.start()
         child_conn.close()  # so that the child's death is an EOF here
         self._process, self._conn = proc, parent_conn
@@ -235,11 +237,24 @@ def _signal_name(num: int) -> str:
         return "unknown"
 
 
-def _child_main(conn: Connection, models: Sequence[PreparedModel], decoder: str, decode_options: dict,
+def _die_with_parent(parent: int) -> None:
+    """A parent killed by SIGKILL cannot stop us, and a child waiting for a free slot would wait
+    forever: ask Linux to SIGKILL this process when the parent goes (PR_SET_PDEATHSIG)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux: the pipe's EOF still ends an idle child
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _child_main(conn: Connection, parent: int, models: Sequence[PreparedModel], decoder: str, decode_options: dict,
                 slots: Sequence[torch.Tensor], free: Sequence[Any]) -> None:
     """The child: decode each task received, clips into the slots, messages up the pipe."""
     # Ctrl-C reaches the whole process group: the parent decides what stops and kills us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent(parent)
     # One thread: decoders scale by process; an OpenMP pool inherited through fork must not be used.
     torch.set_num_threads(1)
     next_slot = [0] * len(models)
