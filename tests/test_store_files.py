@@ -306,3 +306,34 @@ def test_state_mark_fallback_reopens_the_closed_file(tmp_path, monkeypatch):
     assert marked == [("complete", "")]
     with FeatureFile(p) as ff:
         assert ff.state == "complete" and ff.num_videos == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "register_at_fork"), reason="POSIX fork only")
+def test_a_forked_child_does_not_keep_the_writer_lock(tmp_path):
+    """Decode processes are forked while the writer holds its flock: a child must not keep it,
+    or a run killed with SIGKILL would stay locked while an orphan lives."""
+    import fcntl
+    import multiprocessing
+
+    from c3dfeat.store.files import RunLock
+
+    lock = RunLock(tmp_path / "f.h5")
+    ctx = multiprocessing.get_context("fork")
+    ready, go = ctx.Event(), ctx.Event()
+
+    def child_main() -> None:
+        ready.set()
+        go.wait(60)
+
+    child = ctx.Process(target=child_main)
+    child.start()  # forked while the lock was held
+    try:
+        assert ready.wait(60)  # the child is running (fork hooks done)
+        other = open(lock.path, "rb")
+        lock._fh.close()  # the parent's own descriptor goes: only a child could still hold the lock
+        lock._fh = None
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if the child holds it
+        other.close()
+    finally:
+        go.set()
+        child.join()

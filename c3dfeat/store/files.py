@@ -1,7 +1,9 @@
 """Opening feature files: the one-writer lock, opening for writing and for reading."""
 from __future__ import annotations
 
+import os
 import time
+import weakref
 from pathlib import Path
 from typing import IO, Optional, Union
 
@@ -24,8 +26,12 @@ class RunLock:
 
     A SWMR writer gives up HDF5's own file lock (so readers can open the file), so without this
     two runs writing the same output would both "resume" it. The kernel drops the lock when the
-    process dies, so a SIGKILLed run never blocks the next one.
+    process dies, so a SIGKILLed run never blocks the next one. A flock belongs to the open file,
+    which a fork shares: a forked child (a decode process) closes its copy at once, or it would
+    hold the lock after its parent is gone.
     """
+
+    _live: "weakref.WeakSet[RunLock]" = weakref.WeakSet()
 
     def __init__(self, path: Path) -> None:
         self.path = lock_path(path)
@@ -42,6 +48,12 @@ class RunLock:
                 "or write to another file"
             ) from None
         self._fh = fh
+        RunLock._live.add(self)
+
+    def _close_in_child(self) -> None:
+        if self._fh is not None:
+            self._fh.close()  # the child's copy only: the parent's descriptor keeps the lock
+            self._fh = None
 
     def release(self) -> None:
         if self._fh is not None:
@@ -51,6 +63,15 @@ class RunLock:
                 pass
             self._fh.close()
             self._fh = None
+
+
+def _after_fork_in_child() -> None:
+    for lock in list(RunLock._live):
+        lock._close_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def writer_running(path: Path) -> bool:
