@@ -327,9 +327,11 @@ class _ListWriter:
 
     def __init__(self):
         self.videos = []
+        self.commits = []  # videos per writer call
 
-    def add_video(self, record, results):
-        self.videos.append((record, results))
+    def add_videos(self, items):
+        self.videos.extend(items)
+        self.commits.append(len(items))
 
 
 def test_scheduler_commits_in_input_order_whatever_finishes_first(tmp_path):
@@ -345,6 +347,8 @@ def test_scheduler_commits_in_input_order_whatever_finishes_first(tmp_path):
     writer, report = _ListWriter(), ExtractReport(output=tmp_path / "unused.h5", total=len(tasks))
     LocalScheduler(tasks, models, writer, report, batch_size=4, workers=2).run()
     assert [r.id for r, _ in writer.videos] == [t.id for t in tasks]  # sorted ids, input order
+    # b, c, d finished while a_long was decoded: committed with it in one writer call
+    assert writer.commits[0] >= 3 and sum(writer.commits) == len(tasks)
     assert (report.ok, [v for v, _ in report.failed]) == (4, ["text.mp4"])
     for record, results in writer.videos:
         if record.status == "failed":
