@@ -160,22 +160,27 @@ kw = json.loads(sys.argv[1])
 if kw.pop("null_model", False):
     from bench_extract import register_null_model
     kw["models"] = [register_null_model()]
+import time
+first_event = []  # this process's CPU time at the first progress event: the run itself starts
+kw["progress"] = lambda p: first_event.append(time.process_time()) if not first_event else None
 with PssSampler() as pss:
     r = extract(**kw)
+parent_cpu_run = time.process_time() - first_event[0] if first_event else 0.0
 ru = resource.getrusage(resource.RUSAGE_SELF)
 ch = resource.getrusage(resource.RUSAGE_CHILDREN)  # decode processes (worker_kind="process")
 print(json.dumps({{"clips": r.clips, "run_seconds": r.run_seconds, "ok": r.ok, "failed": len(r.failed),
                   "maxrss_kib": ru.ru_maxrss, "child_maxrss_kib": ch.ru_maxrss, "peak_pss_kib": pss.peak_kib,
+                  "parent_cpu_run_s": parent_cpu_run,
                   "user_s": ru.ru_utime + ch.ru_utime, "sys_s": ru.ru_stime + ch.ru_stime,
                   "minor_faults": ru.ru_minflt + ch.ru_minflt}}))
 """
 
 
 class PssSampler:
-    """Peak total PSS of this process and its children (decode processes), sampled every 0.2 s:
+    """Peak total PSS of this process and its children (decode processes), sampled every 0.5 s (reading smaps costs the parent CPU):
     RSS counts the pages a forked child shares with its parent twice, PSS splits them."""
 
-    def __init__(self, period: float = 0.2) -> None:
+    def __init__(self, period: float = 0.5) -> None:
         self.period, self.peak_kib = period, 0
         import threading
 
@@ -287,7 +292,9 @@ def main() -> None:
                 r = end_to_end([args.videos], out, **dict(common, workers=w, worker_kind=kind, null_model=True,
                                                           models=[]))
                 runs[kind, w].append(r["clips_per_s"])
-                print(_line(f"decode-bound, {w} {kind} worker(s)", r), flush=True)
+                per_clip = r["parent_cpu_run_s"] / max(1, r["clips"])
+                print(_line(f"decode-bound, {w} {kind} worker(s)", r)
+                      + f"; calling process {1e3 * per_clip:.2f} CPU ms per clip", flush=True)
         med = {key: statistics.median(v) for key, v in runs.items()}
         for kind, w in runs:
             base = med[kind, counts[0]]
