@@ -177,8 +177,9 @@ print(json.dumps({{"clips": r.clips, "run_seconds": r.run_seconds, "ok": r.ok, "
 
 
 class PssSampler:
-    """Peak total PSS of this process and its children (decode processes), sampled every 0.5 s (reading smaps costs the parent CPU):
-    RSS counts the pages a forked child shares with its parent twice, PSS splits them."""
+    """Peak total PSS of this process and its children (decode processes), sampled every 0.5 s
+    (reading smaps costs CPU): RSS counts the pages a forked child shares with its parent twice,
+    PSS splits them."""
 
     def __init__(self, period: float = 0.5) -> None:
         self.period, self.peak_kib = period, 0
