@@ -1,11 +1,14 @@
 """In-process vs `--engine ray` (local runtime) on the same videos: wall time and file equality.
 
     .venv/bin/python scripts/bench_ray.py /work/shared/videos --model c3d --rounds 1
+    .venv/bin/python scripts/bench_ray.py /work/shared/videos --model c3d --trace  # + Ray's phases
     .venv/bin/python scripts/bench_ray.py - --driver 2000 10     # the driver's writer alone
 
 Alternates A (in-process) and B (Ray, its local runtime started and stopped inside the call, as
 a user's `c3dfeat extract --engine ray` does) in one process; prints each wall time, the ratio
-B/A per round, whether the files are equal dataset by dataset, and the load average.
+B/A per round, whether the files are equal dataset by dataset, and the load average. `--trace`
+also prints each Ray run's phases (seconds from the call's start, every process: see
+$C3DFEAT_RAY_TRACE in c3dfeat/pipeline/ray_actors.py).
 """
 from __future__ import annotations
 
@@ -42,11 +45,13 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--pretrained", action="store_true", help="use the checkpoint (default: --random-init)")
+    ap.add_argument("--trace", action="store_true", help="print the Ray run's phases")
     ap.add_argument("--driver", nargs=2, type=int, metavar=("VIDEOS", "CLIPS"),
                     help="measure only the driver-side writer on synthetic rows (VIDEOS videos of CLIPS clips)")
     args = ap.parse_args()
     if args.driver:
-        bench_driver(*args.driver, model=args.model)
+        videos, clips = args.driver
+        bench_driver(videos, clips, model=args.model)
         return
     from c3dfeat.pipeline import extract
 
@@ -61,12 +66,39 @@ def main() -> None:
             ta = time.monotonic() - t0
             print(f"  in-process: {ta:7.1f} s  ({ra.ok} videos, {ra.clips} clips)  load {os.getloadavg()[0]:.1f}",
                   flush=True)
+            trace = Path(tmp) / f"trace{r}.txt"
+            if args.trace:
+                os.environ["C3DFEAT_RAY_TRACE"] = str(trace)  # before the runtime starts: workers inherit it
             t0 = time.monotonic()
             rb = extract([args.videos], b, [args.model], engine="ray", **opts)
             tb = time.monotonic() - t0
+            os.environ.pop("C3DFEAT_RAY_TRACE", None)
             print(f"  ray       : {tb:7.1f} s  ({rb.ok} videos, {rb.clips} clips; pipeline {rb.run_seconds:.1f} s)"
                   f"  load {os.getloadavg()[0]:.1f}", flush=True)
             print(f"  ratio ray/in-process: {tb / ta:.2f}   files equal: {same_file(a, b)}", flush=True)
+            if args.trace:
+                print_phases(trace)
+
+
+def print_phases(trace: Path) -> None:
+    """The trace's phases, seconds from the call's start: driver steps, per worker its first and
+    last event, the inference calls summed (count, rows, CPU seconds of the actor process)."""
+    lines = [(float(t), pid, ev.strip()) for t, pid, ev in (s.split(" ", 2) for s in trace.read_text().splitlines())]
+    t0 = lines[0][0]
+    driver = lines[0][1]
+    for t, pid, ev in lines:
+        if pid == driver:
+            print(f"  {t - t0:6.2f}  driver   {ev}")
+    for pid in dict.fromkeys(p for _, p, _ in lines if p != driver):
+        evs = [(t - t0, ev) for t, p, ev in lines if p == pid]
+        calls = [ev for _, ev in evs if ev.startswith("actor call")]
+        decodes = [ev for _, ev in evs if ev.startswith("decode end")]
+        marks = [(t, ev) for t, ev in evs if ev == "actor ready"] + [next((t, ev) for t, ev in evs if ev in calls)] \
+            if calls else []
+        what = f"{len(calls)} inference calls" if calls else f"{len(decodes)} videos decoded" if decodes else ""
+        steps = [evs[0]] + marks + [evs[-1]]
+        print(f"  {steps[0][0]:6.2f}  pid {pid:>7}  " + "  |  ".join(f"{t:.2f} {ev}" for t, ev in steps)
+              + f"  ({what})")
 
 
 

@@ -124,3 +124,24 @@ def test_resume_across_engines(ray_runtime, videos, reference, tmp_path, first, 
     assert _run_attr(out)["engine"] == first
     with h5py.File(out, "r") as f:
         assert "engine" not in f.attrs["provenance"]
+
+
+def test_models_travel_to_the_actors_bit_equal():
+    """pack_models → pickle (as the object store does) → unpack_models: every parameter and buffer
+    equal, non-persistent buffers too, and a tensor two modules share stays one tensor."""
+    import pickle
+
+    import torch
+
+    from c3dfeat.pipeline.plan import ModelRequest, prepare_models
+    from c3dfeat.pipeline.ray_actors import pack_models, unpack_models
+
+    (m,) = prepare_models([ModelRequest("tiny3d")], device=torch.device("cpu"), random_init=True)
+    m.net.register_buffer("scratch", torch.arange(5.0), persistent=False)
+    m.net.twin = m.net.fc  # shared parameters
+    (got,) = unpack_models(pickle.loads(pickle.dumps(pack_models([m]))), torch.device("cpu"))
+    want = dict(m.net.named_parameters()) | dict(m.net.named_buffers())
+    have = dict(got.net.named_parameters()) | dict(got.net.named_buffers())
+    assert want.keys() == have.keys() and all(torch.equal(want[k], have[k]) for k in want)
+    assert got.net.twin.weight is got.net.fc.weight and got.net.training == m.net.training
+    assert all(t.device.type == "cpu" for t in have.values())

@@ -19,6 +19,8 @@ Data flow (docs/scale.md):
   zero-padded batch of ``batch_size`` clips, exactly as in process, so features are bit-equal
   for the same device, dtype and batch size.
 
+What runs in the workers (decode rows, the actor, model shipping) is c3dfeat.pipeline.ray_actors.
+
 Exactly-once without trusting Ray's retry semantics: every clip row carries (video, model,
 clip), the driver keeps one value per key and commits a video only when its last clip and its
 header have arrived; rows of already committed videos are ignored.
@@ -28,26 +30,27 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
+import importlib
 import logging
 import os
 import pickle
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from c3dfeat.errors import ConfigError
 from c3dfeat.pipeline.assemble import VideoAssembler
-from c3dfeat.pipeline.batching import BatchRunner
-from c3dfeat.pipeline.decode import ClipReady, VideoEnd, VideoFailed, VideoStart, VideoTask, decode_video
+from c3dfeat.pipeline.decode import VideoFailed, VideoStart, VideoTask
 from c3dfeat.pipeline.plan import (
     Crops,
     PreparedModel,
     default_batch_size,
     prepare_models,
 )
+from c3dfeat.pipeline.ray_actors import CLIP, FAILED, InferenceActor, decode_rows, import_worker, pack_models, trace
 from c3dfeat.pipeline.report import ExtractReport, Progress
 from c3dfeat.pipeline.run import (
     check_options,
@@ -55,96 +58,18 @@ from c3dfeat.pipeline.run import (
     model_warnings,
     open_run_writer,
     pending_tasks,
-    prepare_runtime,
     resolve_tasks,
 )
 
 __all__ = ["extract_ray"]
 
 PathLike = Union[str, "os.PathLike[str]"]
-# Row kinds of the decode → inference → driver stream (one schema for every row).
-_CLIP, _EMPTY, _FAILED = 0, 1, 2
 _BLOCK_BYTES = 16 << 20  # Ray Data block target: a few C3D clips (2.4 MB each) per block
 _COMMIT_VIDEOS = 64  # finished videos committed by one writer call (scripts/bench_ray.py --driver)
 _COMMIT_SECONDS = 1.0  # ... or when the oldest has waited this long
 _CALL_BYTES = 128 << 20  # clip bytes per inference actor call ...
 _MAX_BATCHES_PER_CALL = 16  # ... as at most this many model batches
 _NO_NET: Any = None  # decode tasks get the models without their networks
-
-
-# ----------------------------------------------------------------------------- decode tasks
-def _decode_rows(row: Dict[str, Any], *, models: Sequence[PreparedModel], decoder: str) -> Iterator[Dict[str, Any]]:
-    """One video → its clip rows (streamed as decoded), an ``_EMPTY`` row or a ``_FAILED`` row.
-
-    Runs the pipeline's own decoder. The video's header (record + clip plan) rides on its first
-    row; the last row carries ``end`` (one clip row is held back until the decoder says so).
-    Decode failures come out as a row (a result, never retried); bugs raise and fail the run.
-    """
-    task = VideoTask(int(row["seq"]), str(row["id"]), Path(str(row["path"])), str(row["label"]),
-                     int(row["input_index"]))
-    header = b""
-    held: Optional[Dict[str, Any]] = None
-    for msg in decode_video(task, models, decoder):
-        if isinstance(msg, VideoStart):
-            header = pickle.dumps((msg.record, msg.clips), protocol=pickle.HIGHEST_PROTOCOL)
-        elif isinstance(msg, ClipReady):
-            if held is not None:
-                yield held
-            if msg.tensor.dtype != torch.float32:
-                raise RuntimeError(f"internal error: clip tensor is {msg.tensor.dtype}, expected float32")
-            held = _row(task.seq, _CLIP, msg.model, msg.clip, header, msg.tensor.numpy().tobytes())
-            header = b""
-        elif isinstance(msg, VideoEnd):
-            if held is None:  # no clip at all (e.g. tail="drop" on a short video)
-                held = _row(task.seq, _EMPTY, -1, -1, header, b"")
-            held["end"] = True
-        elif isinstance(msg, VideoFailed):
-            if held is not None:
-                yield held
-                held = None
-            yield _row(task.seq, _FAILED, -1, -1, pickle.dumps(msg.record), b"")
-    if held is not None:
-        yield held
-
-
-def _row(seq: int, kind: int, model: int, clip: int, meta: bytes, data: bytes) -> Dict[str, Any]:
-    return {"seq": seq, "kind": kind, "model": model, "clip": clip, "end": False, "meta": meta, "data": data}
-
-
-# ----------------------------------------------------------------------------- inference actors
-class _InferenceActor:
-    """Runs the models on the clip rows of a batch (other rows pass through); one per actor."""
-
-    def __init__(self, models_ref: Any, device: str, dtype: str, allow_tf32: bool, batch_size: int,
-                 threads: int) -> None:
-        import ray
-
-        # Ray sets OMP_NUM_THREADS=1 in its workers; a CPU actor uses the node's cores as the
-        # in-process engine's main thread does (decode tasks run beside it there too).
-        torch.set_num_threads(threads if threads > 0 else (os.cpu_count() or 1) if device == "cpu" else 1)
-        dev = torch.device(device)
-        prepare_runtime(dev, allow_tf32)
-        models = ray.get(models_ref) if isinstance(models_ref, ray.ObjectRef) else models_ref
-        self.runners: List[BatchRunner[int]] = [
-            BatchRunner(dataclasses.replace(m, net=m.net.to(dev)), batch_size, dev, dtype) for m in models
-        ]
-
-    def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        kinds, model_of, data = batch["kind"], batch["model"], batch["data"]
-        out = np.empty(len(kinds), dtype=object)
-        out[:] = b""
-        for m, runner in enumerate(self.runners):
-            rows = np.flatnonzero((kinds == _CLIP) & (model_of == m))
-            shape = runner.model.clip_shape
-            for s in range(0, len(rows), runner.batch_size):
-                sel = rows[s : s + runner.batch_size]
-                clips = [torch.from_numpy(np.frombuffer(data[i], dtype=np.float32).reshape(shape)) for i in sel]
-                for i, feats in zip(sel, runner.compute(clips)):
-                    out[i] = b"".join(np.ascontiguousarray(feats[layer], np.float32).tobytes()
-                                      for layer in runner.model.layers)
-        batch = dict(batch)
-        batch["data"] = out
-        return batch
 
 
 # ----------------------------------------------------------------------------- driver
@@ -175,7 +100,7 @@ class _Collector:
         """Take one row; returns the id of a video whose header was just read (progress)."""
         if seq < self.assembler.head or self.assembler.is_failed(seq):
             return None  # a duplicate of a committed / failed video's row
-        if kind == _FAILED:
+        if kind == FAILED:
             record = pickle.loads(meta)
             self.planned -= self.assembler.fail(VideoFailed(seq, record, record.error))
             self._started.pop(seq, None)
@@ -184,7 +109,7 @@ class _Collector:
         started_id = None
         if seq not in self._started:
             early = self._early.setdefault(seq, _Early())
-            if kind == _CLIP:
+            if kind == CLIP:
                 early.features.setdefault((model, clip), data)
             early.ended = early.ended or end
             if not len(meta):
@@ -198,7 +123,7 @@ class _Collector:
             if early.ended:
                 self.assembler.end(seq)
             return str(record.id)
-        if kind == _CLIP:
+        if kind == CLIP:
             self._put(seq, model, clip, data)
         if end:
             self.assembler.end(seq)
@@ -235,7 +160,10 @@ def _start_ray(ray_address: Optional[str], workers: int) -> bool:
         return False
     if ray_address in (None, "", "local"):
         # The in-process engine's shape: `workers` decoders beside one inference worker.
-        ray.init(num_cpus=workers + 1, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        # worker_niceness 0: Ray starts its workers at nice 15 (to keep its own daemons responsive
+        # on a shared node); here they do this run's work, which the in-process engine does at 0.
+        ray.init(num_cpus=workers + 1, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+                 _system_config={"worker_niceness": 0})
         return True
     try:
         ray.init(address=ray_address, log_to_driver=False, logging_level=logging.WARNING)
@@ -245,11 +173,30 @@ def _start_ray(ray_address: Optional[str], workers: int) -> bool:
     return True
 
 
-def _import_engine() -> int:
-    """Runs in a Ray worker: imports torch and c3dfeat (seconds on a busy machine) ahead of use."""
-    import c3dfeat.pipeline.ray_engine  # noqa: F401  (the import is the work)
+def _shutdown(local: bool) -> None:
+    """Disconnect; a local runtime this call started is stopped (a cluster is left running).
 
-    return os.getpid()
+    Ray stops its processes one by one, SIGTERM then up to 1 s each. Its autoscaler monitor
+    takes the whole second: it is stopped after the GCS, and its SIGTERM handler tries to report
+    to the GCS first. A local runtime has nothing to autoscale, so the monitor is killed first
+    (measured: `ray.shutdown` 1.1 s → 0.1 s).
+    """
+    import ray
+
+    monitors: List[Any] = []
+    if local:
+        try:
+            from ray._private import ray_constants, worker as ray_worker
+
+            node = ray_worker._global_node
+            if node is not None:
+                monitors = list(node.all_processes.get(ray_constants.PROCESS_TYPE_MONITOR, []))
+        except (ImportError, AttributeError):  # another Ray version: its own shutdown does it all
+            pass
+        for info in monitors:
+            info.process.kill()
+            info.process.wait(timeout=10)
+    ray.shutdown()
 
 
 def _warm_workers(actor_cpus: int) -> List[Any]:
@@ -261,7 +208,7 @@ def _warm_workers(actor_cpus: int) -> List[Any]:
     """
     import ray
 
-    warm = ray.remote(num_cpus=1)(_import_engine)
+    warm = ray.remote(num_cpus=1)(import_worker)  # unpickling it imports torch and c3dfeat
     cpus = int(ray.cluster_resources().get("CPU", 1))
     return [warm.remote() for _ in range(min(256, max(1, cpus - actor_cpus)))]
 
@@ -302,11 +249,11 @@ def _dataset(todo: Sequence[VideoTask], prepared: Sequence[PreparedModel], *, de
     # start in input order, which keeps the driver's in-order commit buffer short.
     videos = ray.data.from_items(rows, override_num_blocks=min(len(rows), 10_000))
     light = [dataclasses.replace(m, net=_NO_NET) for m in prepared]  # decoders need transforms, not nets
-    clips = videos.flat_map(functools.partial(_decode_rows, models=light, decoder=decoder), num_cpus=1)
+    clips = videos.flat_map(functools.partial(decode_rows, models=light, decoder=decoder), num_cpus=1)
     pool, num_cpus, num_gpus = _actor_pool(device, gpus)
-    models_ref = ray.put(list(prepared))
+    models_ref = ray.put(pack_models(prepared))
     return clips.map_batches(
-        _InferenceActor,
+        InferenceActor,
         fn_constructor_args=(models_ref, device.type, dtype, allow_tf32, batch_size, 0),
         batch_size=_rows_per_call(prepared, batch_size), batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=pool), num_cpus=num_cpus, num_gpus=num_gpus,
@@ -403,7 +350,9 @@ def extract_ray(
     allow_tf32: bool = False,
     batch_size: Optional[int] = None,
     workers: int = 2,
+    worker_kind: str = "auto",
     decoder: str = "pyav",
+    decode_device: str = "cpu",
     clip_len: Optional[int] = None,
     stride: Optional[int] = None,
     frame_step: Optional[int] = None,
@@ -431,11 +380,15 @@ def extract_ray(
     ``ray_address``: None starts a local runtime with ``workers`` decode CPUs plus one for
     inference (stopped at the end); ``"auto"`` (or ``"host:6379"``) joins a running cluster.
     A Ray runtime already initialised in this process is used as it is. `max_pending` is not
-    used: Ray Data's backpressure bounds what is in flight.
+    used: Ray Data's backpressure bounds what is in flight. `worker_kind` neither: decode tasks
+    always run in Ray's worker processes. `decode_device` must be "cpu".
     """
     import ray
 
     t0 = time.monotonic()
+    if decode_device != "cpu":
+        raise ConfigError("GPU decoding is not supported with --engine ray yet; drop --decode-device "
+                          "(decode on the CPU) or use --engine local")
     reqs = check_options(models, weights=weights, dtype=dtype, crop_reduce=crop_reduce, batch_size=batch_size,
                          workers=workers, decoder=decoder)
     tasks, shard_kn = resolve_tasks(inputs, shard)
@@ -450,8 +403,12 @@ def extract_ray(
         prepare_models, reqs, device=torch.device("cpu"), random_init=random_init, weights_dir=weights_dir,
         require_hashes=require_hashes, weights_mirror=weights_mirror, sampling_overrides=overrides, crops=crops,
         crop_reduce=crop_reduce)
+    # ray.data's import (~1 CPU-s) is needed right after the runtime is up: done meanwhile too.
+    importing = builder.submit(importlib.import_module, "ray.data")
     builder.shutdown(wait=False)  # its one job still runs; the thread ends with it
+    trace("extract start")
     started = _start_ray(ray_address, workers)
+    trace("ray.init done")
     try:
         dev, gpus = _cluster_device(device)
         actors, cpus_each, _ = _actor_pool(dev, gpus)
@@ -460,6 +417,8 @@ def extract_ray(
             batch_size = default_batch_size(dev, [r.name for r in reqs])
         report = ExtractReport(output=Path(output), device=str(dev), dtype=dtype, batch_size=batch_size, engine="ray")
         prepared = building.result()
+        importing.result()
+        trace("models built")
         report.random_init = [m.key for m in prepared if m.random_init]
         report.warnings.extend(model_warnings(prepared, dev, dtype))
         writer = open_run_writer(
@@ -476,6 +435,7 @@ def extract_ray(
                 if todo:
                     stream = _dataset(todo, prepared, decoder=decoder, device=dev, dtype=dtype,
                                       allow_tf32=allow_tf32, batch_size=batch_size, gpus=gpus)
+                    trace("dataset planned")
                     _commit_stream(stream, todo, prepared, writer, report, progress, t0)
             except KeyboardInterrupt:
                 interrupted = True
@@ -483,7 +443,9 @@ def extract_ray(
         except BaseException:
             writer.close()  # a bug: committed videos stay, the file is marked incomplete with the reason
             raise
+        trace("stream done")
         return finish_run(writer, interrupted=interrupted, output=output, tasks=tasks, report=report, t0=t0)
     finally:
         if started:
-            ray.shutdown()
+            _shutdown(local=ray_address in (None, "", "local"))
+        trace("shutdown done")
