@@ -41,6 +41,10 @@ class PyAVReader(VideoReader):
         self.seeks = 0  # statistics, for tests and benchmarks
         self.decoded = 0
         self._rgb = _import_backend("pyav").video.reformatter.VideoReformatter()
+        # swscale's own threads: PyAV's default (0) gives every reader a pool the size of the
+        # machine. A one-thread reader is a pipeline decoder (they scale by process): 16 of them
+        # on 16 cores must not start 256 conversion threads. PyAV < 14 has no such argument.
+        self._rgb_options: Dict[str, Any] = {"format": "rgb24", "threads": self._threads}
         super().__init__(path)
 
     def _open_container(self):
@@ -170,7 +174,7 @@ class PyAVReader(VideoReader):
                     raise _LostTrack()
                 # One reformatter per reader: frame.to_ndarray(format=...) builds a new one (and a
                 # new swscale context) for every frame, 2.3x slower, all of it holding the GIL.
-                out.append(self._rgb.reformat(frame, format="rgb24").to_ndarray())
+                out.append(self._to_rgb(frame))
                 k += 1
                 while k < len(indices) and indices[k] == i:  # defensive: repeats are deduplicated upstream
                     out.append(out[-1])
@@ -184,6 +188,15 @@ class PyAVReader(VideoReader):
                 f"{self.path}: decoding frame {max(self._next, 0)} failed (PyAV): {_short(e, self.path)}"
             ) from e
         return out
+
+    def _to_rgb(self, frame: Any) -> np.ndarray:
+        try:
+            return self._rgb.reformat(frame, **self._rgb_options).to_ndarray()
+        except TypeError:  # PyAV < 14: no `threads` argument (its swscale runs in one thread)
+            if "threads" not in self._rgb_options:
+                raise
+            del self._rgb_options["threads"]
+            return self._rgb.reformat(frame, **self._rgb_options).to_ndarray()
 
     def _close(self) -> None:
         if self._container is not None:
