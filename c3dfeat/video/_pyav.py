@@ -43,7 +43,7 @@ class PyAVReader(VideoReader):
         self._rgb = _import_backend("pyav").video.reformatter.VideoReformatter()
         # swscale's own threads: PyAV's default (0) gives every reader a pool the size of the
         # machine. A one-thread reader is a pipeline decoder (they scale by process): 16 of them
-        # on 16 cores must not start 256 conversion threads. PyAV < 14 has no such argument.
+        # on 16 cores must not start 256 conversion threads.
         self._rgb_options: Dict[str, Any] = {"format": "rgb24", "threads": self._threads}
         super().__init__(path)
 
@@ -192,7 +192,7 @@ class PyAVReader(VideoReader):
     def _to_rgb(self, frame: Any) -> np.ndarray:
         try:
             return self._rgb.reformat(frame, **self._rgb_options).to_ndarray()
-        except TypeError:  # PyAV < 14: no `threads` argument (its swscale runs in one thread)
+        except TypeError:  # an older PyAV without `threads` (its swscale runs in one thread)
             if "threads" not in self._rgb_options:
                 raise
             del self._rgb_options["threads"]
