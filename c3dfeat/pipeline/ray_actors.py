@@ -44,6 +44,12 @@ def trace(event: str) -> None:
             f.write(f"{time.time():.3f} {os.getpid()} {event}\n")
 
 
+def _minor_faults() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def import_worker() -> int:
     """Runs in a Ray worker ahead of its first task: the imports a decode task needs (seconds)."""
     trace("worker imported")
@@ -151,7 +157,7 @@ class InferenceActor:
 
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         kinds, model_of, data = batch["kind"], batch["model"], batch["data"]
-        trace(f"actor call {len(kinds)} rows, cpu {time.process_time():.2f} s")
+        trace(f"actor call {len(kinds)} rows, cpu {time.process_time():.2f} s, {_minor_faults()} page faults")
         out = np.empty(len(kinds), dtype=object)
         out[:] = b""
         for m, runner in enumerate(self.runners):
@@ -165,5 +171,5 @@ class InferenceActor:
                                       for layer in runner.model.layers)
         batch = dict(batch)
         batch["data"] = out
-        trace(f"actor done, cpu {time.process_time():.2f} s")
+        trace(f"actor done, cpu {time.process_time():.2f} s, {_minor_faults()} page faults")
         return batch
