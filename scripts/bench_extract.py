@@ -163,7 +163,8 @@ if kw.pop("null_model", False):
 import time
 first_event = []  # this process's CPU time at the first progress event: the run itself starts
 kw["progress"] = lambda p: first_event.append(time.process_time()) if not first_event else None
-with PssSampler() as pss:
+pss = PssSampler(active=kw.pop("sample_pss", True))  # off where the calling process's CPU is measured
+with pss:
     r = extract(**kw)
 parent_cpu_run = time.process_time() - first_event[0] if first_event else 0.0
 ru = resource.getrusage(resource.RUSAGE_SELF)
@@ -181,20 +182,22 @@ class PssSampler:
     (reading smaps costs CPU): RSS counts the pages a forked child shares with its parent twice,
     PSS splits them."""
 
-    def __init__(self, period: float = 0.5) -> None:
-        self.period, self.peak_kib = period, 0
+    def __init__(self, period: float = 0.5, active: bool = True) -> None:
+        self.period, self.peak_kib, self.active = period, 0, active
         import threading
 
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def __enter__(self) -> "PssSampler":
-        self._thread.start()
+        if self.active:
+            self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join()
+        if self.active:
+            self._thread.join()
 
     def _loop(self) -> None:
         while not self._stop.wait(self.period):
@@ -291,7 +294,7 @@ def main() -> None:
         for _ in range(args.decode_bound):
             for kind, w in runs:  # alternating: load drift hits every setting alike
                 r = end_to_end([args.videos], out, **dict(common, workers=w, worker_kind=kind, null_model=True,
-                                                          models=[]))
+                                                          models=[], sample_pss=False))
                 runs[kind, w].append(r["clips_per_s"])
                 per_clip = r["parent_cpu_run_s"] / max(1, r["clips"])
                 print(_line(f"decode-bound, {w} {kind} worker(s)", r)
