@@ -26,6 +26,13 @@ read). Two more outcomes:
   `MAX_CONSECUTIVE_DEATHS` deaths in a row without a video read in between, the run stops, since
   then the cause is not the videos.
 
+Why one copy in the parent (slot → private tensor): it frees the slot at once, so a child never
+waits on a batch that is itself waiting for that child's next clip. Handing the slot itself to
+the batch would save that copy (~0.25 ms of the parent's ~0.8 ms per C3D clip; docs/extract.md,
+"Decode-bound throughput") but then a child must own more slots than can ever be held downstream
+(batch_size - 1 pending in each model's runner + the scheduler's queue + 1): ~13 at batch 4,
+~100 at a GPU's batch 32, per child and model.
+
 Fork only (Linux): the children inherit the prepared models and the shared buffers without
 pickling. `worker_kind="thread"` (api.extract) keeps everything in one process.
 """
