@@ -45,12 +45,15 @@ def _free_port() -> int:
 
 
 def _pids_mentioning(marker: str) -> List[int]:
-    """Processes whose command line contains `marker` (our cluster's unique temp dir)."""
+    """Processes whose command line contains `marker` (our cluster's unique temp dir), or that
+    hold a file under it open: Ray's agents rename themselves (``ray::DashboardAgent``) and,
+    missed, outlived the cluster by ~90 s."""
     pids = []
     for p in Path("/proc").iterdir():
         if p.name.isdigit() and int(p.name) != os.getpid():
             try:
-                if marker in (p / "cmdline").read_bytes().decode(errors="replace"):
+                if marker in (p / "cmdline").read_bytes().decode(errors="replace") or any(
+                        marker in os.readlink(fd) for fd in (p / "fd").iterdir()):
                     pids.append(int(p.name))
             except OSError:
                 continue
