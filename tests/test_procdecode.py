@@ -13,7 +13,12 @@ import pytest
 from c3dfeat.errors import ConfigError, ExtractInterrupted
 from c3dfeat.pipeline import Progress, extract, procdecode
 from c3dfeat.pipeline.decode import decode_video
-from c3dfeat.pipeline.procdecode import MAX_CONSECUTIVE_DEATHS, DecodeProcessError, resolve_worker_kind
+from c3dfeat.pipeline.procdecode import (
+    AUTO_PROCESS_WORKERS,
+    MAX_CONSECUTIVE_DEATHS,
+    DecodeProcessError,
+    resolve_worker_kind,
+)
 from c3dfeat.store import FeatureFile
 from tests._extract_tiny import tiny_models  # noqa: F401  (fixture)
 from tests.synth import make_broken, make_video
@@ -131,8 +136,18 @@ def test_an_exception_that_does_not_pickle_still_arrives(tmp_path, videos, monke
 
 
 def test_worker_kind_choices():
-    assert resolve_worker_kind("thread") == "thread"
-    assert resolve_worker_kind("process") == "process"
-    assert resolve_worker_kind("auto") == "process"  # Linux: fork is there
+    assert resolve_worker_kind("thread", "cuda", 16) == "thread"
+    assert resolve_worker_kind("process", "cpu", 1) == "process"
+    # auto (Linux: fork is there): processes where decoding is the bottleneck
+    assert resolve_worker_kind("auto", "cuda", 2) == "process"
+    assert resolve_worker_kind("auto", "cpu", AUTO_PROCESS_WORKERS + 1) == "process"
+    assert resolve_worker_kind("auto", "cpu", AUTO_PROCESS_WORKERS) == "thread"
     with pytest.raises(ConfigError, match="worker_kind must be one of"):
         resolve_worker_kind("fiber")
+
+
+def test_auto_is_recorded_as_what_ran(tmp_path, videos):
+    _run(videos, tmp_path / "a.h5", workers=2)
+    assert _run_attr(tmp_path / "a.h5")["worker_kind"] == "thread"  # a CPU model, 2 workers
+    _run(videos, tmp_path / "b.h5", workers=AUTO_PROCESS_WORKERS + 1)
+    assert _run_attr(tmp_path / "b.h5")["worker_kind"] == "process"

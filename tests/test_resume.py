@@ -29,7 +29,8 @@ _MAIN = (
 
 def _cmd(videos: Path, out: Path):
     return [sys.executable, "-c", _MAIN.format(repo=str(REPO)), "extract", str(videos), "-o", str(out),
-            "--model", "tiny3d:conv,input", "--random-init", "--device", "cpu", "--batch-size", "2", "-q"]
+            "--model", "tiny3d:conv,input", "--random-init", "--device", "cpu", "--batch-size", "2", "-q",
+            "--worker-kind", "process"]  # killed with decode processes running: they must go too
 
 
 def _committed(out: Path) -> int:
@@ -48,10 +49,11 @@ def _run_until(cmd, out: Path, condition, timeout: float = 120.0) -> None:
     try:
         while proc.poll() is None and time.monotonic() - t0 < timeout:
             if condition(out):
-                children = _children(proc.pid)  # decode processes (--worker-kind auto: process)
+                children = _children(proc.pid)  # the decode processes
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 _assert_gone(children)  # they die with their parent, mid-video or idle
+                KILLED_CHILDREN.extend(children)
                 return
             time.sleep(0.01)
         raise AssertionError(f"run ended (rc={proc.poll()}) before the kill point: {proc.stderr.read()[-3000:]}")
@@ -59,6 +61,9 @@ def _run_until(cmd, out: Path, condition, timeout: float = 120.0) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+KILLED_CHILDREN: list = []  # decode processes seen at the kills (the test checks there were some)
 
 
 def _children(pid: int) -> list:
@@ -110,6 +115,7 @@ def test_sigkill_at_several_points_then_resume_equals_uninterrupted(tmp_path, vi
     _run_until(cmd, out, lambda p: _committed(p) >= 2)
     n2 = _committed(out)
     assert n2 >= 2
+    assert KILLED_CHILDREN, "no decode process was running at the kills: the orphan check saw nothing"
     # 3) in the middle of the long video: text.mp4, v0..v4 committed, v5 (~0.8 s) being extracted
     _run_until(cmd, out, lambda p: _committed(p) >= 6)
     assert _committed(out) == 6

@@ -86,7 +86,7 @@ workers = click.option("--workers", type=click.IntRange(min=1), default=2, show_
 worker_kind = click.option(
     "--worker-kind", type=click.Choice(WORKER_KINDS), default=WORKER_KINDS[0], show_default=True,
     help="process: each decoder in its own forked process (no GIL shared: scales with cores; Linux); "
-         "thread: in this process; auto: process where fork is safe, else thread.")
+         "thread: in this process; auto: process for a model on a GPU or more than 4 workers, else thread.")
 decoder = click.option("--decoder", type=click.Choice(BACKENDS), default="pyav", show_default=True,
                        help="Frame reader (decord's memory grows with video length; docs/extract.md).")
 decode_device = click.option(

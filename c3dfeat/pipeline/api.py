@@ -106,7 +106,8 @@ def extract(
             None: 4 on CPU, larger on CUDA (c3dfeat.runtime.default_batch_size when present).
         workers: decoders running at once.
         worker_kind: "process" (forked decode processes, no GIL shared: Linux), "thread" (decode
-            threads in this process) or "auto" (processes where fork is safe, else threads).
+            threads in this process) or "auto" (processes for a model on a GPU or more than 4
+            workers, where fork is safe; else threads).
         decode_device: "cpu", or "cuda[:N]" to decode on that GPU (NVDEC; decoder="torchcodec" with
             a CUDA build, checked before any video is opened; in the provenance). The frames come
             back to the host for the transform. Not with engine="ray" yet.
@@ -161,8 +162,8 @@ def extract(
             raise ConfigError("GPU decoding runs in decode threads (a forked process cannot use CUDA): "
                               "use worker_kind='thread' (or 'auto') with decode_device")
         worker_kind = "thread"
-    kind = resolve_worker_kind(worker_kind)
     dev = pick_device(device)
+    kind = resolve_worker_kind(worker_kind, dev.type, workers)
     prepare_runtime(dev, allow_tf32)
     if batch_size is None:
         batch_size = default_batch_size(dev, [r.name for r in reqs])

@@ -34,7 +34,8 @@ the batch would save that copy (~0.25 ms of the parent's ~0.8 ms per C3D clip; d
 ~100 at a GPU's batch 32, per child and model.
 
 Fork only (Linux): the children inherit the prepared models and the shared buffers without
-pickling. `worker_kind="thread"` (api.extract) keeps everything in one process.
+pickling. `worker_kind="thread"` (api.extract) keeps everything in one process; "auto" chooses
+processes where decoding is the bottleneck (`resolve_worker_kind`).
 """
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ from c3dfeat.specs import WORKER_KINDS
 from c3dfeat.store import VideoRecord
 
 __all__ = ["DecodeProcess", "DecodeProcessError", "WORKER_KINDS", "fork_available", "resolve_worker_kind",
-           "SLOTS", "MAX_CONSECUTIVE_DEATHS"]
+           "AUTO_PROCESS_WORKERS", "SLOTS", "MAX_CONSECUTIVE_DEATHS"]
 
 SLOTS = 4  # clip buffers per model per child: how far a child may run ahead of its reader
 MAX_CONSECUTIVE_DEATHS = 3
@@ -84,8 +85,16 @@ def fork_available() -> bool:
     return "fork" in multiprocessing.get_all_start_methods() and os.name == "posix"
 
 
-def resolve_worker_kind(kind: str) -> str:
-    """"auto" → "process" where fork exists (Linux, macOS excluded: fork is unsafe there), else "thread"."""
+# "auto" picks processes where the decoders are the bottleneck: a model on a GPU, or more decoders
+# than a few threads can share the GIL with (a decode thread holds it ~15 % of its time). On a CPU
+# model the decoders take ~10-15 % of the CPU, threads keep up, and processes would cost ~250 MiB
+# more for no speed (C3D, batch 4, 2 workers: docs/extract.md "Decode processes").
+AUTO_PROCESS_WORKERS = 4
+
+
+def resolve_worker_kind(kind: str, device: str = "cpu", workers: int = 2) -> str:
+    """"process" or "thread" for `kind`; "auto" → "process" when the model's `device` is a GPU
+    or `workers` > AUTO_PROCESS_WORKERS (and fork is safe: Linux), else "thread"."""
     from c3dfeat.errors import ConfigError
 
     if kind not in WORKER_KINDS:
@@ -94,7 +103,8 @@ def resolve_worker_kind(kind: str) -> str:
     if kind == "process" and not usable:
         raise ConfigError("decode worker processes need fork (Linux); use worker_kind='thread'")
     if kind == "auto":
-        return "process" if usable else "thread"
+        decode_bound = not str(device).startswith("cpu") or workers > AUTO_PROCESS_WORKERS
+        return "process" if usable and decode_bound else "thread"
     return kind
 
 
