@@ -370,14 +370,17 @@ from c3dfeat.errors import ExtractInterrupted
 from c3dfeat.pipeline import extract
 try:
     extract([{videos!r}], {out!r}, ["tiny3d"], random_init=True, device="cpu", workers=1, batch_size=1,
-            progress=lambda p: print(p.event, flush=True))
+            worker_kind={kind!r}, progress=lambda p: print(p.event, flush=True))
 except ExtractInterrupted as e:
     print("saved", e.saved, flush=True)
     sys.exit(130)
 """
 
 
-def test_sigterm_closes_the_file_like_ctrl_c(tmp_path, videos):
+@pytest.mark.parametrize("worker_kind", ["thread", "process"])
+def test_sigterm_closes_the_file_like_ctrl_c(tmp_path, videos, worker_kind):
+    """SIGTERM to the whole process group (a batch system preempting the job): decode processes
+    get it too, and must leave the stopping to their parent — not die and fail their video."""
     import os
     import signal
     import subprocess
@@ -386,13 +389,13 @@ def test_sigterm_closes_the_file_like_ctrl_c(tmp_path, videos):
 
     out = tmp_path / "f.h5"
     repo = str(Path(__file__).resolve().parents[1])
-    code = _CHILD.format(repo=repo, videos=str(videos), out=str(out))
+    code = _CHILD.format(repo=repo, videos=str(videos), out=str(out), kind=worker_kind)
     env = dict(os.environ, TINY3D_SLEEP="0.3")  # about a second per video
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+                            text=True, env=env, start_new_session=True)
     for line in proc.stdout:
         if line.strip() == "commit":
-            proc.send_signal(signal.SIGTERM)
+            os.killpg(proc.pid, signal.SIGTERM)
             break
     rest, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
@@ -400,3 +403,4 @@ def test_sigterm_closes_the_file_like_ctrl_c(tmp_path, videos):
     assert 1 <= saved < 3
     with FeatureFile(out) as ff:
         assert ff.num_videos == saved and ff.state == "incomplete"
+        assert not ff.failed  # no video was recorded as failed by the signal

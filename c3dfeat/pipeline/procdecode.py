@@ -10,10 +10,10 @@ cores a GPU machine gives its decoders. A forked child has its own interpreter.
 
 Each child owns, per model, a ring of `SLOTS` clip buffers in shared memory (an anonymous shared
 mapping made once, before the fork, so both sides map the same pages: no per-clip allocation or
-page faults, no /dev/shm file) and a
-semaphore counting free slots. The child decodes with `decode_video`, copies each clip into its
-next slot and sends a small tuple over a pipe; the parent copies the slot out and frees it. So
-the child is at most `SLOTS` clips ahead, and the bounded queues downstream still bound memory.
+page faults, no /dev/shm file) and a semaphore counting free slots. The child decodes with
+`decode_video`, copies each clip into its next slot and sends a small tuple over a pipe; the
+parent copies the slot out and frees it. So the child is at most `SLOTS` clips ahead, and the
+bounded queues downstream still bound memory.
 
 The messages are those of decode_video, so `VideoFailed` keeps its meaning (the video cannot be
 read). Two more outcomes:
@@ -283,8 +283,10 @@ def _die_with_parent(parent: int) -> None:
 def _child_main(conn: Connection, parent: int, models: Sequence[PreparedModel], decoder: str, decode_options: dict,
                 slots: Sequence[torch.Tensor], free: Sequence[Any]) -> None:
     """The child: decode each task received, clips into the slots, messages up the pipe."""
-    # Ctrl-C reaches the whole process group: the parent decides what stops and kills us.
+    # Ctrl-C, and a batch system's SIGTERM, reach the whole process group: the parent decides what
+    # stops and kills us. Dying of them here would record the video being read as failed.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent(parent)
     # One thread: decoders scale by process; an OpenMP pool inherited through fork must not be used.
     torch.set_num_threads(1)
