@@ -44,15 +44,15 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _pids_mentioning(marker: str) -> List[int]:
-    """Processes whose command line contains `marker` (our cluster's unique temp dir), or that
-    hold a file under it open: Ray's agents rename themselves (``ray::DashboardAgent``) and,
-    missed, outlived the cluster by ~90 s."""
+def _pids_mentioning(marker: str, open_files: bool = False) -> List[int]:
+    """Processes whose command line contains `marker` (our cluster's unique temp dir), or with
+    `open_files` that hold a file under it open: Ray's agents rename themselves
+    (``ray::DashboardAgent``) and, missed, outlived the cluster by ~90 s."""
     pids = []
     for p in Path("/proc").iterdir():
         if p.name.isdigit() and int(p.name) != os.getpid():
             try:
-                if marker in (p / "cmdline").read_bytes().decode(errors="replace") or any(
+                if marker in (p / "cmdline").read_bytes().decode(errors="replace") or open_files and any(
                         marker in os.readlink(fd) for fd in (p / "fd").iterdir()):
                     pids.append(int(p.name))
             except OSError:
@@ -93,9 +93,11 @@ def cluster(tmp_path_factory):
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 2  # the GCS and raylet take longer than that on SIGTERM: killed below
         while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
             time.sleep(0.2)
+        # What is left, and the agents (they do not stop on SIGTERM within seconds).
+        pids += _pids_mentioning(str(head_dir), open_files=True) + _pids_mentioning(str(node_dir), open_files=True)
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
