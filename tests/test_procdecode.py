@@ -151,3 +151,23 @@ def test_auto_is_recorded_as_what_ran(tmp_path, videos):
     assert _run_attr(tmp_path / "a.h5")["worker_kind"] == "thread"  # a CPU model, 2 workers
     _run(videos, tmp_path / "b.h5", workers=AUTO_PROCESS_WORKERS + 1)
     assert _run_attr(tmp_path / "b.h5")["worker_kind"] == "process"
+
+
+def test_a_signal_to_a_decode_process_alone_changes_nothing(tmp_path, videos):
+    """SIGTERM/SIGINT reaching a child (a group signal, `pkill -f` matching the parent's command
+    line, which children share) must not stop or fail anything: the parent decides."""
+    import time
+
+    sent = []
+
+    def signal_children(p: Progress) -> None:
+        if p.event == "commit" and not sent:
+            for child in multiprocessing.active_children():
+                os.kill(child.pid, signal.SIGTERM)
+                os.kill(child.pid, signal.SIGINT)
+                sent.append(child.pid)
+            time.sleep(0.2)  # let the signals land before the run goes on
+
+    rep = _run(videos, tmp_path / "f.h5", worker_kind="process", workers=2, batch_size=1, progress=signal_children)
+    assert sent, "no decode process was running at the first commit"
+    assert rep.ok == 5 and [v for v, _ in rep.failed] == ["truncated.mp4"]
