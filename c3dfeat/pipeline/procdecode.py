@@ -28,7 +28,8 @@ read). Two more outcomes:
 
 Why one copy in the parent (slot → private tensor): it frees the slot at once, so a child never
 waits on a batch that is itself waiting for that child's next clip. Handing the slot itself to
-the batch would save that copy (~0.25 ms of the parent's ~0.8 ms per C3D clip; docs/extract.md,
+the batch would save that copy (receiving and copying measured together: ~0.2 ms of the parent's
+~0.8 ms per C3D clip; docs/extract.md,
 "Decode-bound throughput") but then a child must own more slots than can ever be held downstream
 (batch_size - 1 pending in each model's runner + the scheduler's queue + 1): ~13 at batch 4,
 ~100 at a GPU's batch 32, per child and model.
@@ -46,6 +47,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+import sys
 import traceback
 from multiprocessing.connection import Connection
 from typing import Any, Generator, List, Optional, Sequence
@@ -82,13 +84,16 @@ class DecodeProcessError(RuntimeError):
 
 
 def fork_available() -> bool:
-    return "fork" in multiprocessing.get_all_start_methods() and os.name == "posix"
+    """Whether decode processes can be forked safely here (POSIX with fork; not macOS, where
+    system frameworks are not fork-safe)."""
+    return os.name == "posix" and sys.platform != "darwin" and "fork" in multiprocessing.get_all_start_methods()
 
 
 # "auto" picks processes where the decoders are the bottleneck: a model on a GPU, or more decoders
 # than a few threads can share the GIL with (a decode thread holds it ~15 % of its time). On a CPU
 # model the decoders take ~10-15 % of the CPU, threads keep up, and processes would cost ~250 MiB
-# more for no speed (C3D, batch 4, 2 workers: docs/extract.md "Decode processes").
+# more for no speed (C3D, batch 4, 2 workers: docs/extract.md "Decode processes"). The threshold
+# of 4 sits below the ~6.8 threads the GIL share allows; it is not measured (a 2-core machine).
 AUTO_PROCESS_WORKERS = 4
 
 
@@ -99,19 +104,13 @@ def resolve_worker_kind(kind: str, device: str = "cpu", workers: int = 2) -> str
 
     if kind not in WORKER_KINDS:
         raise ConfigError(f"worker_kind must be one of {', '.join(WORKER_KINDS)}, got {kind!r}")
-    usable = fork_available() and not _is_macos()
+    usable = fork_available()
     if kind == "process" and not usable:
         raise ConfigError("decode worker processes need fork (Linux); use worker_kind='thread'")
     if kind == "auto":
         decode_bound = not str(device).startswith("cpu") or workers > AUTO_PROCESS_WORKERS
         return "process" if usable and decode_bound else "thread"
     return kind
-
-
-def _is_macos() -> bool:
-    import sys
-
-    return sys.platform == "darwin"
 
 
 class DecodeProcess:
@@ -270,7 +269,9 @@ def _signal_name(num: int) -> str:
 
 def _die_with_parent(parent: int) -> None:
     """A parent killed by SIGKILL cannot stop us, and a child waiting for a free slot would wait
-    forever: ask Linux to SIGKILL this process when the parent goes (PR_SET_PDEATHSIG)."""
+    forever: ask Linux to SIGKILL this process when the parent goes (PR_SET_PDEATHSIG). The signal
+    follows the *thread* that forked: a child respawned by a decode thread goes when that thread
+    ends, which is when the run no longer needs it."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
