@@ -14,7 +14,7 @@ import torch.nn as nn
 
 import c3dfeat
 from c3dfeat.errors import UnknownLayerError, UnknownModelError
-from c3dfeat.models import ClipSizeError, get_spec, layer_shapes, list_models
+from c3dfeat.models import ClipSizeError, get_spec, layer_shapes, list_models, set_inference_layout
 
 ARCHS = list_models()
 TAGGED = list_models(with_tags=True)
@@ -334,12 +334,20 @@ def test_pytorchvideo_head_pool5_is_the_averaged_head_pool_not_the_global_mean()
     torch.testing.assert_close(steps["logits"][1](pooled), want_logits, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("arch", ["r2plus1d_18", "ip_csn_152", "r2plus1d_r50"])
+@pytest.mark.parametrize("arch", ["r2plus1d_18", "ip_csn_152", "r2plus1d_r50", "csn_r101", "ir_csn_152"])
 def test_channels_last_3d_gives_the_same_features(arch, small_runs):
-    model, x, names, _, want = small_runs(arch)
+    # Both layouts set explicitly: these architectures default to channels_last_3d on the CPU, so
+    # small_runs' features (default layout) would compare channels_last_3d with itself.
+    model, x, names, _, _ = small_runs(arch)
+    ref = c3dfeat.create_model(arch)
+    ref.load_state_dict(model.state_dict())
+    set_inference_layout(ref, "contiguous")
+    want = c3dfeat.extract_layers(ref, x, names)
     fast = c3dfeat.create_model(arch)
     fast.load_state_dict(model.state_dict())
-    fast = fast.to(memory_format=torch.channels_last_3d)
-    got = c3dfeat.extract_layers(fast, x.contiguous(memory_format=torch.channels_last_3d), names)
+    set_inference_layout(fast, "channels_last_3d")
+    got = c3dfeat.extract_layers(fast, x, names)
+    w_ref, w_fast = (next(p for p in m.parameters() if p.dim() == 5) for m in (ref, fast))
+    assert w_ref.is_contiguous() and not w_fast.is_contiguous()  # the two runs really differ
     for n in names:
         torch.testing.assert_close(got[n], want[n], rtol=1e-4, atol=1e-4)

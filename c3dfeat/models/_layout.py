@@ -39,13 +39,18 @@ _FORMATS = {CHANNELS_LAST_3D: torch.channels_last_3d, CONTIGUOUS: torch.contiguo
 # scripts/bench_models.py, both layouts alternating run by run; medians, contiguous time /
 # channels_last time): r2plus1d_18 1.9x, mc3_18 1.5x, r2plus1d_34 (8x112x112) 1.33x,
 # ip_csn_152 (8x112x112) 1.8x, r3d_18 1.15x, res3d_18 1.05-1.2x faster in channels_last_3d;
-# C3D 1.20x (6 of 6 pairs at load ~5; at load 13-25 the runs disagreed); ir_csn_152 (8x112x112)
-# 4.2x SLOWER (its depthwise 3x3x3 convolutions). 2026-11-30 07:52-07:59 UTC (load 2.5-7.3,
-# the benchmark's autogroup at nice -19; three runs each, the last in the reverse order):
+# C3D 1.20x (6 of 6 pairs at load ~5; at load 13-25 the runs disagreed). 2026-11-30 07:52-07:59
+# UTC (load 2.5-7.3, the benchmark's autogroup at nice -19; three runs each, the last in the
+# reverse order):
 # r2plus1d_152 (8x112x112) 1.06x / 1.16x / 1.12x (15 of 19 pairs), pytorchvideo's r2plus1d_r50
 # (16x256x256) 1.23x / 1.17x / 1.33x (13 of 15 pairs), csn_r101 (32x256x256) 1.60x / 1.25x /
-# 1.29x (14 of 15 pairs; depthwise 3x3x3 like ir_csn_152, yet faster) in channels_last_3d.
-# Models not listed (ir_csn_152) stay "contiguous", the layout PyTorch modules are created in.
+# 1.29x (14 of 15 pairs; depthwise 3x3x3 like ir_csn_152) in channels_last_3d. ir_csn_152: an
+# older measurement (load 13-25) had channels_last_3d 4.2x slower (6.06 vs 1.46 s at 8x112x112);
+# contradicted 2026-11-30 08:10-08:11 UTC (torch 2.13.0, load 2.0-2.6, autogroup nice -19, four
+# runs, two in the reverse order): 8x112x112 1.27x / 1.29x (0.136 vs 0.172 s, 0.134 vs 0.173 s;
+# 14 of 14 pairs), 32x224x224 1.60x / 1.36x (2.01 vs 3.21 s, 2.16 vs 2.93 s; 6 of 6 pairs)
+# faster in channels_last_3d. Models not listed stay "contiguous", the layout PyTorch modules are
+# created in.
 # CUDA: nothing measured yet (scripts/bench_gpu.py), contiguous.
 DEFAULT_LAYOUTS: Dict[str, Dict[str, str]] = {
     "cpu": {
@@ -57,6 +62,7 @@ DEFAULT_LAYOUTS: Dict[str, Dict[str, str]] = {
         "r3d_18": CHANNELS_LAST_3D,
         "res3d_18": CHANNELS_LAST_3D,
         "ip_csn_152": CHANNELS_LAST_3D,
+        "ir_csn_152": CHANNELS_LAST_3D,
         "csn_r101": CHANNELS_LAST_3D,
         "r2plus1d_r50": CHANNELS_LAST_3D,
     },
