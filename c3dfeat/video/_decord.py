@@ -45,6 +45,11 @@ class DecordReader(VideoReader):
             # queue while the consumer (the model) is busy: resident memory grows with the video
             # length (dmlc/decord#157, #197, #208). A seek stops the read-ahead and drops the
             # queue; the next request seeks to its own key frame anyway. Measured: docs/extract.md.
+            # What the seek cannot bound: *during* a request decord's demuxer loop reads one more
+            # packet each time it finds no decoded frame ready (FFMPEGThreadedDecoder::Pop does not
+            # wait), so one request holds up to the rest of the compressed file in its packet queue
+            # (the 5 min synthetic video: 128 MB read ahead for 16 frames; ~105 MB on a 20 min one,
+            # where time, not the file's end, stops it). Only decord itself can change that.
             self._vr.seek(0)
         except Exception as e:
             bad = self._first_bad(indices)
