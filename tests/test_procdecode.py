@@ -171,3 +171,85 @@ def test_a_signal_to_a_decode_process_alone_changes_nothing(tmp_path, videos):
     rep = _run(videos, tmp_path / "f.h5", worker_kind="process", workers=2, batch_size=1, progress=signal_children)
     assert sent, "no decode process was running at the first commit"
     assert rep.ok == 5 and [v for v, _ in rep.failed] == ["truncated.mp4"]
+
+
+def _tiny_prepared():
+    import torch
+
+    from c3dfeat.pipeline.plan import ModelRequest, prepare_model
+
+    return prepare_model(ModelRequest("tiny3d", ("input",)), device=torch.device("cpu"), random_init=True)
+
+
+def test_lent_buffers_come_back_in_any_order_and_held_ones_stay_intact(videos):
+    """The parent holds some clips (views of the child's buffers) while it releases others out
+    of order; the child writes its next clips only into released buffers."""
+    from c3dfeat.pipeline.decode import ClipReady, VideoTask
+
+    model = _tiny_prepared()
+    task = VideoTask(0, "e.mp4", videos / "e.mp4")  # 19 clips
+    expected = [m.tensor for m in decode_video(task, [model], "pyav") if isinstance(m, ClipReady)]
+    proc = procdecode.DecodeProcess([model], "pyav", batch_size=2)
+    assert proc.slots == [procdecode.MIN_SLOTS]
+    try:
+        held, waiting, got = [], [], []
+        for msg in proc.decode(task):
+            if not isinstance(msg, ClipReady):
+                continue
+            assert msg.release is not None
+            got.append(msg.clip)
+            if msg.clip in (1, 2):  # kept to the end, while the buffers around them are reused
+                held.append(msg)
+                continue
+            assert msg.tensor.equal(expected[msg.clip])
+            waiting.append(msg)
+            if len(waiting) == 2:  # every buffer is in our hands now: give two back, newest first
+                waiting.pop().release()
+                waiting.pop().release()
+        assert got == list(range(len(expected)))
+        for msg in held:
+            assert msg.tensor.equal(expected[msg.clip]), f"clip {msg.clip}'s buffer was overwritten"
+            msg.release()
+    finally:
+        proc.close()
+
+
+def test_a_child_out_of_buffers_is_reported_starved(videos):
+    from c3dfeat.pipeline.decode import ClipReady, VideoEnd, VideoTask
+
+    proc = procdecode.DecodeProcess([_tiny_prepared()], "pyav", batch_size=1)
+    try:
+        lent = []
+        for msg in proc.decode(VideoTask(0, "e.mp4", videos / "e.mp4")):
+            if isinstance(msg, ClipReady):
+                lent.append(msg)
+                if len(lent) == procdecode.MIN_SLOTS:
+                    # We hold every buffer: the child took the last one before it sent this clip.
+                    assert proc.starved()
+                    for held in lent:
+                        held.release()
+                    lent = []
+            elif isinstance(msg, VideoEnd):
+                for held in lent:
+                    held.release()
+                assert not proc.starved()  # the child is idle and every buffer is back
+    finally:
+        proc.close()
+
+
+def test_a_batch_larger_than_the_ring_does_not_deadlock(tmp_path, videos, monkeypatch):
+    """4 buffers per child, batches of 16: the scheduler must copy and give back the clips it
+    holds before it waits, or the child and the scheduler wait for each other forever."""
+    import threading
+
+    monkeypatch.setattr(procdecode, "RING_BYTES", 1)  # rings of MIN_SLOTS buffers
+    threads, procs = tmp_path / "threads.h5", tmp_path / "procs.h5"
+    _run(videos, threads, workers=1, batch_size=16, worker_kind="thread")
+    done: list = []
+    t = threading.Thread(target=lambda: done.append(
+        _run(videos, procs, workers=1, batch_size=16, worker_kind="process")), daemon=True)
+    t.start()
+    t.join(timeout=120)
+    assert done, "extraction with decode processes deadlocked (clips held in a batch, child waiting for a buffer)"
+    assert done[0].ok == 5
+    _assert_same_datasets(procs, threads)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Generator, Iterator, List, Optional, Protocol, Sequence, Tuple, Type, Union
+from typing import Callable, Dict, Generator, Iterator, List, Optional, Protocol, Sequence, Tuple, Type, Union
 
 import numpy as np
 import torch
@@ -67,12 +67,16 @@ class VideoStart:
 
 @dataclass
 class ClipReady:
-    """One transformed clip of model `model`: (num_crops, 3, T, crop, crop) float32."""
+    """One transformed clip of model `model`: (num_crops, 3, T, crop, crop) float32.
+
+    `release`, when set, must be called exactly once when `tensor` is no longer read: the tensor
+    is then a decode process's shared buffer, lent (pipeline.procdecode)."""
 
     seq: int
     model: int
     clip: int
     tensor: torch.Tensor
+    release: Optional[Callable[[], None]] = None
 
 
 @dataclass

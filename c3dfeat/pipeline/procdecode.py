@@ -8,12 +8,20 @@ cores a GPU machine gives its decoders. A forked child has its own interpreter.
     for msg in proc.decode(task): ...              # the same messages as decode_video(task, ...)
     proc.close()
 
-Each child owns, per model, a ring of `SLOTS` clip buffers in shared memory (an anonymous shared
-mapping made once, before the fork, so both sides map the same pages: no per-clip allocation or
-page faults, no /dev/shm file) and a semaphore counting free slots. The child decodes with
-`decode_video`, copies each clip into its next slot and sends a small tuple over a pipe; the
-parent copies the slot out and frees it. So the child is at most `SLOTS` clips ahead, and the
-bounded queues downstream still bound memory.
+Each child owns, per model, a ring of clip buffers in shared memory (anonymous shared mappings
+made before the fork, so both sides map the same pages: no per-clip allocation or page faults, no
+/dev/shm file), a busy flag per buffer and a semaphore counting the free ones. The child decodes
+with `decode_video`, copies each clip into a free buffer and sends a small tuple over a pipe. The
+parent hands that buffer itself to the batch (`ClipReady.tensor` is a view of it) and frees it
+through `ClipReady.release` once the batch has copied it: one copy of a clip in the parent, into
+its batch. A ring holds a batch and two clips (`slots_for`), so the child runs that far ahead and
+the bounded queues downstream still bound memory.
+
+A consumer may hold buffers while it waits for more clips (a batch being filled), and a child
+with no free buffer waits for the consumer: before the consumer blocks on its input it must copy
+and free the clips it holds of a child that has no free buffer left (`DecodeProcess.starved`;
+the scheduler does). Freed buffers may come back in any order (a failed video's clips are dropped
+while older ones wait in a batch); the flags, not the order, say which are free.
 
 The messages are those of decode_video, so `VideoFailed` keeps its meaning (the video cannot be
 read). Two more outcomes:
@@ -22,17 +30,9 @@ read). Two more outcomes:
   same exception with the child's traceback as a note (:class:`DecodeProcessError` with the
   traceback if it does not pickle): it stops the run, as in a decode thread;
 * the child *dies* (a decoder crashing on a malformed file, the OOM killer): the video is recorded
-  as failed with the signal, a fresh child is forked and the run goes on; after
-  `MAX_CONSECUTIVE_DEATHS` deaths in a row without a video read in between, the run stops, since
-  then the cause is not the videos.
-
-Why one copy in the parent (slot → private tensor): it frees the slot at once, so a child never
-waits on a batch that is itself waiting for that child's next clip. Handing the slot itself to
-the batch would save that copy (receiving and copying measured together: ~0.2 ms of the parent's
-~0.8 ms per C3D clip; docs/extract.md,
-"Decode-bound throughput") but then a child must own more slots than can ever be held downstream
-(batch_size - 1 pending in each model's runner + the scheduler's queue + 1): ~13 at batch 4,
-~100 at a GPU's batch 32, per child and model.
+  as failed with the signal, a fresh child is forked with fresh rings (the dead child's buffers
+  may still sit in a batch) and the run goes on; after `MAX_CONSECUTIVE_DEATHS` deaths in a row
+  without a video read in between, the run stops, since then the cause is not the videos.
 
 Fork only (Linux): the children inherit the prepared models and the shared buffers without
 pickling. `worker_kind="thread"` (api.extract) keeps everything in one process; "auto" chooses
@@ -41,6 +41,7 @@ processes where decoding is the bottleneck (`resolve_worker_kind`).
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
 import mmap
 import multiprocessing
@@ -52,6 +53,7 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any, Generator, List, Optional, Sequence
 
+import numpy as np
 import torch
 
 from c3dfeat.errors import VideoDecodeError
@@ -69,9 +71,10 @@ from c3dfeat.specs import WORKER_KINDS
 from c3dfeat.store import VideoRecord
 
 __all__ = ["DecodeProcess", "DecodeProcessError", "WORKER_KINDS", "fork_available", "resolve_worker_kind",
-           "AUTO_PROCESS_WORKERS", "SLOTS", "MAX_CONSECUTIVE_DEATHS"]
+           "slots_for", "AUTO_PROCESS_WORKERS", "MIN_SLOTS", "RING_BYTES", "MAX_CONSECUTIVE_DEATHS"]
 
-SLOTS = 4  # clip buffers per model per child: how far a child may run ahead of its reader
+MIN_SLOTS = 4  # clip buffers per model per child, at least
+RING_BYTES = 256 << 20  # ... and at most this much per ring, past MIN_SLOTS (ir_csn_152's clips: 19 MB)
 MAX_CONSECUTIVE_DEATHS = 3
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _CLIP = "clip"
@@ -113,23 +116,64 @@ def resolve_worker_kind(kind: str, device: str = "cpu", workers: int = 2) -> str
     return kind
 
 
-class DecodeProcess:
-    """One forked child that decodes the tasks its parent thread sends it (module docstring)."""
+def slots_for(batch_size: int, clip_shape: Sequence[int]) -> int:
+    """Clip buffers in one child's ring for one model: a batch and two more, so that a child
+    rarely waits for the clips a batch being filled holds (each wait costs the consumer a copy,
+    module docstring); at least MIN_SLOTS, and past that at most RING_BYTES."""
+    by_size = RING_BYTES // (_numel(clip_shape) * 4)
+    return max(MIN_SLOTS, min(batch_size + 2, by_size))
 
-    def __init__(self, models: Sequence[PreparedModel], decoder: str, decode_options: Optional[dict] = None) -> None:
-        self.models = list(models)
-        self.decoder = decoder
-        self.decode_options = dict(decode_options or {})
-        self._ctx = multiprocessing.get_context("fork")
+
+class _Ring:
+    """One child's clip buffers for one model (module docstring): `data[slot]` is written by the
+    child after `take`, read by the parent, and freed by the parent's `release(slot)`."""
+
+    def __init__(self, ctx: Any, clip_shape: Sequence[int], slots: int) -> None:
         # Anonymous shared mappings made before the fork: the child writes into the very pages the
         # parent reads. Not /dev/shm files (torch's share_memory_): containers often cap /dev/shm
         # at 64 MiB, and a write past the cap is a SIGBUS, not an error.
-        self._maps = [mmap.mmap(-1, SLOTS * _numel(m.clip_shape) * 4) for m in self.models]
-        self._slots = [torch.frombuffer(mm, dtype=torch.float32).view((SLOTS,) + tuple(m.clip_shape))
-                       for mm, m in zip(self._maps, self.models)]
+        self._data_map = mmap.mmap(-1, slots * _numel(clip_shape) * 4)
+        self.data = torch.frombuffer(self._data_map, dtype=torch.float32).view((slots,) + tuple(clip_shape))
+        self._busy_map = mmap.mmap(-1, slots)
+        self.busy = np.frombuffer(self._busy_map, dtype=np.uint8)  # 1: written by the child, not yet released
+        self.free = ctx.Semaphore(slots)
+        self.slots = slots
+
+    def take(self, hint: int) -> int:
+        """Child: wait for a free buffer and claim it (the first free one from `hint` on)."""
+        self.free.acquire()
+        for k in range(self.slots):
+            slot = (hint + k) % self.slots
+            if not self.busy[slot]:
+                self.busy[slot] = 1
+                return slot
+        raise RuntimeError("internal error: a decode ring's semaphore and flags disagree")
+
+    def release(self, slot: int) -> None:
+        """Parent: the consumer is done with `data[slot]`. The flag goes first: the semaphore
+        is what the child waits on."""
+        self.busy[slot] = 0
+        self.free.release()
+
+    def starved(self) -> bool:
+        """Parent: the child has no free buffer left (it waits, or will at its next clip)."""
+        return int(self.free.get_value()) == 0
+
+
+class DecodeProcess:
+    """One forked child that decodes the tasks its parent thread sends it (module docstring).
+    `batch_size` sizes the rings (`slots_for`)."""
+
+    def __init__(self, models: Sequence[PreparedModel], decoder: str, decode_options: Optional[dict] = None,
+                 batch_size: int = 4) -> None:
+        self.models = list(models)
+        self.decoder = decoder
+        self.decode_options = dict(decode_options or {})
+        self.slots = [slots_for(batch_size, m.clip_shape) for m in self.models]
+        self._ctx = multiprocessing.get_context("fork")
         self._process: Optional[Any] = None
         self._conn: Optional[Connection] = None
-        self._free: List[Any] = []
+        self._rings: List[_Ring] = []
         self.deaths_in_a_row = 0
         _preload_decoder(decoder)
         self._start()
@@ -156,9 +200,8 @@ class DecodeProcess:
                     return
                 if type(msg) is tuple and msg[0] == _CLIP:
                     _, seq, m, clip, slot = msg
-                    tensor = self._slots[m][slot].clone()  # the slot is reused once freed
-                    self._free[m].release()
-                    yield ClipReady(seq, m, clip, tensor)
+                    ring = self._rings[m]
+                    yield ClipReady(seq, m, clip, ring.data[slot], functools.partial(ring.release, slot))
                     continue
                 if type(msg) is tuple and msg[0] == _CRASH:
                     finished = True
@@ -179,6 +222,11 @@ class DecodeProcess:
         finally:
             if not finished:  # abandoned mid-video (the run is stopping): the child is out of step
                 self.close(kill=True)
+
+    def starved(self) -> bool:
+        """Whether the child has used up a ring: its consumer must then free what it holds of it
+        before waiting for more (module docstring)."""
+        return any(ring.starved() for ring in self._rings)
 
     def close(self, kill: bool = False) -> None:
         """Stop the child: politely when idle, by SIGKILL when `kill` (mid-video)."""
@@ -203,10 +251,11 @@ class DecodeProcess:
     # ------------------------------------------------------------------ helpers
     def _start(self) -> None:
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
-        self._free = [self._ctx.Semaphore(SLOTS) for _ in self.models]
+        # Fresh rings for every child: buffers of a dead one may still sit in a batch.
+        self._rings = [_Ring(self._ctx, m.clip_shape, n) for m, n in zip(self.models, self.slots)]
         proc = self._ctx.Process(target=_child_main, name="c3dfeat-decode-proc", daemon=True,
                                  args=(child_conn, os.getpid(), self.models, self.decoder, self.decode_options,
-                                       self._slots, self._free))
+                                       self._rings))
         proc.start()
         child_conn.close()  # so that the child's death is an EOF here
         self._process, self._conn = proc, parent_conn
@@ -282,8 +331,8 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _child_main(conn: Connection, parent: int, models: Sequence[PreparedModel], decoder: str, decode_options: dict,
-                slots: Sequence[torch.Tensor], free: Sequence[Any]) -> None:
-    """The child: decode each task received, clips into the slots, messages up the pipe."""
+                rings: Sequence[_Ring]) -> None:
+    """The child: decode each task received, clips into the rings, messages up the pipe."""
     # Ctrl-C, and a batch system's SIGTERM, reach the whole process group: the parent decides what
     # stops and kills us. Dying of them here would record the video being read as failed.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -302,10 +351,10 @@ def _child_main(conn: Connection, parent: int, models: Sequence[PreparedModel], 
         try:
             for msg in decode_video(task, models, decoder, **decode_options):
                 if isinstance(msg, ClipReady):
-                    m, slot = msg.model, next_slot[msg.model]
-                    free[m].acquire()
-                    slots[m][slot].copy_(msg.tensor)
-                    next_slot[m] = (slot + 1) % SLOTS
+                    m = msg.model
+                    slot = rings[m].take(next_slot[m])
+                    rings[m].data[slot].copy_(msg.tensor)
+                    next_slot[m] = (slot + 1) % rings[m].slots
                     conn.send((_CLIP, msg.seq, m, msg.clip, slot))
                 else:
                     conn.send(msg)

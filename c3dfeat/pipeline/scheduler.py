@@ -9,14 +9,16 @@ Steps, each a method:
 * **decode** (`_decode_worker`, `workers` threads): take the next video in order, run
   :func:`~c3dfeat.pipeline.decode.decode_video` — in the thread itself (`worker_kind="thread"`),
   or in that thread's forked decode process (`"process"`, :mod:`~c3dfeat.pipeline.procdecode`:
-  no GIL shared between decoders) — and put its messages on one bounded queue. At most
+  no GIL shared between decoders; its clips are buffers lent until batched) — and put its
+  messages on one bounded queue. At most
   `max_pending` videos are in flight past the last commit, so buffered features stay bounded.
 * **batch** (`batch`): a clip goes into its model's :class:`BatchRunner`; a full batch runs.
 * **run** (`run_batch`): the forward pass; the features are scattered to their videos.
 * **commit** (`commit`): finished videos go to the writer strictly in input order.
 
 When the queue is empty the main thread runs a partial (zero-padded) batch only if the next
-commit waits for it, then blocks on the queue: no polling. Every worker ends with a message
+commit waits for it, gives back the lent clips of a decode process that has none left, then
+blocks on the queue: no polling. Every worker ends with a message
 (done or crashed), so a bug in a worker always reaches the main thread, with its traceback.
 """
 from __future__ import annotations
@@ -94,6 +96,7 @@ class LocalScheduler:
         self._procs: List[DecodeProcess] = []
         self.progress = progress
         self.t0 = time.monotonic() if t0 is None else t0
+        self.batch_size = batch_size
         dev = device or torch.device("cpu")
         self.runners: List[BatchRunner[ClipKey]] = [BatchRunner(m, batch_size, dev, dtype) for m in self.models]
         self.assembler = VideoAssembler(self.models, len(self.tasks))
@@ -113,7 +116,8 @@ class LocalScheduler:
         raises here after the decode threads are stopped (committed videos stay)."""
         if self.worker_kind == "process":
             # Forked here, before this run starts any thread of its own.
-            self._procs = [DecodeProcess(self.models, self.decoder, self._decode_options) for _ in range(self.workers)]
+            self._procs = [DecodeProcess(self.models, self.decoder, self._decode_options, self.batch_size)
+                           for _ in range(self.workers)]
         self._threads = [threading.Thread(target=self._decode_worker, args=(i,), name=f"c3dfeat-decode-{i}",
                                           daemon=True) for i in range(self.workers)]
         for t in self._threads:
@@ -129,6 +133,7 @@ class LocalScheduler:
                         raise RuntimeError(
                             "internal error: decoding ended before every video was committed"
                         ) from None
+                    self._give_back_if_starved()
                     msg = self._queue.get()
                 self._handle(msg)
             self._collect(all_batches=True)
@@ -210,8 +215,10 @@ class LocalScheduler:
     def batch(self, msg: ClipReady) -> None:
         """batch: queue a clip for its model; run the batch when it is full."""
         if self.assembler.is_failed(msg.seq):
+            if msg.release is not None:
+                msg.release()
             return
-        if self.runners[msg.model].add((msg.seq, msg.clip), msg.tensor):
+        if self.runners[msg.model].add((msg.seq, msg.clip), msg.tensor, msg.release):
             self.run_batch(msg.model)
             self._collect(all_batches=False)
             self.commit()
@@ -256,6 +263,15 @@ class LocalScheduler:
             self._emit("commit", r.record.id)
 
     # ------------------------------------------------------------------ helpers
+    def _give_back_if_starved(self) -> None:
+        """About to wait for the queue: a decode process with no free buffer waits for the clips
+        we hold of it (a batch being filled), so copy and release them first. Checked before
+        every wait: a process uses its last buffer before it sends that clip, so the clip's
+        arrival wakes us to check again."""
+        if any(proc.starved() for proc in self._procs):
+            for runner in self.runners:
+                runner.give_back_lent()
+
     def _emit(self, event: str, current: str) -> None:
         if self.progress is None:
             return
@@ -284,6 +300,8 @@ class LocalScheduler:
     def _drain(self) -> None:
         try:
             while True:
-                self._queue.get_nowait()
+                msg = self._queue.get_nowait()
+                if isinstance(msg, ClipReady) and msg.release is not None:
+                    msg.release()  # so that a decode process waiting for a buffer can stop politely
         except queue.Empty:
             pass
