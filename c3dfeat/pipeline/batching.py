@@ -146,7 +146,7 @@ class BatchRunner(Generic[K]):
         for release in releases:  # copied: lent buffers go back before the forward pass
             release()
         if b < self.batch_size:
-            buf[b:].zero_()  # always a full batch: see the module docstring
+            rows[b:] = 0  # always a full batch: see the module docstring
         x = buf.view((self.batch_size * c,) + model.clip_shape[1:])
         if self._cuda:
             x = x.to(self.device, non_blocking=True)

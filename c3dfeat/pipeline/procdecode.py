@@ -11,11 +11,12 @@ cores a GPU machine gives its decoders. A forked child has its own interpreter.
 Each child owns, per model, a ring of clip buffers in shared memory (anonymous shared mappings
 made before the fork, so both sides map the same pages: no per-clip allocation or page faults, no
 /dev/shm file), a busy flag per buffer and a semaphore counting the free ones. The child decodes
-with `decode_video`, copies each clip into a free buffer and sends a small tuple over a pipe. The
-parent hands that buffer itself to the batch (`ClipReady.tensor` is a view of it) and frees it
-through `ClipReady.release` once the batch has copied it: one copy of a clip in the parent, into
-its batch. A ring holds a batch and two clips (`slots_for`), so the child runs that far ahead and
-the bounded queues downstream still bound memory.
+with `decode_video`, copies each clip into a free buffer and sends small tuples over a pipe, half
+a ring's worth per message (fewer wakeups of the parent). The parent hands that buffer itself to
+the batch (`ClipReady.tensor` is a view of it) and frees it through `ClipReady.release` once the
+batch has copied it: one copy of a clip in the parent, into its batch. A ring holds a batch and
+two clips (`slots_for`), so the child runs that far ahead and the bounded queues downstream still
+bound memory.
 
 A consumer may hold buffers while it waits for more clips (a batch being filled), and a child
 with no free buffer waits for the consumer: before the consumer blocks on its input it must copy
@@ -51,7 +52,7 @@ import signal
 import sys
 import traceback
 from multiprocessing.connection import Connection
-from typing import Any, Generator, List, Optional, Sequence
+from typing import Any, Callable, Generator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -77,7 +78,7 @@ MIN_SLOTS = 4  # clip buffers per model per child, at least
 RING_BYTES = 256 << 20  # ... and at most this much per ring, past MIN_SLOTS (ir_csn_152's clips: 19 MB)
 MAX_CONSECUTIVE_DEATHS = 3
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
-_CLIP = "clip"
+_CLIPS = "clips"
 _CRASH = "crash"
 
 
@@ -139,9 +140,12 @@ class _Ring:
         self.free = ctx.Semaphore(slots)
         self.slots = slots
 
-    def take(self, hint: int) -> int:
-        """Child: wait for a free buffer and claim it (the first free one from `hint` on)."""
-        self.free.acquire()
+    def take(self, hint: int, before_waiting: Callable[[], None]) -> int:
+        """Child: claim a free buffer (the first from `hint` on); if there is none, call
+        `before_waiting` (send what the parent has not seen: it frees buffers) and wait."""
+        if not self.free.acquire(block=False):
+            before_waiting()
+            self.free.acquire()
         for k in range(self.slots):
             slot = (hint + k) % self.slots
             if not self.busy[slot]:
@@ -198,10 +202,10 @@ class DecodeProcess:
                     yield self._died(task, record)
                     finished = True
                     return
-                if type(msg) is tuple and msg[0] == _CLIP:
-                    _, seq, m, clip, slot = msg
-                    ring = self._rings[m]
-                    yield ClipReady(seq, m, clip, ring.data[slot], functools.partial(ring.release, slot))
+                if type(msg) is tuple and msg[0] == _CLIPS:
+                    for seq, m, clip, slot in msg[1]:
+                        ring = self._rings[m]
+                        yield ClipReady(seq, m, clip, ring.data[slot], functools.partial(ring.release, slot))
                     continue
                 if type(msg) is tuple and msg[0] == _CRASH:
                     finished = True
@@ -341,6 +345,17 @@ def _child_main(conn: Connection, parent: int, models: Sequence[PreparedModel], 
     # One thread: decoders scale by process; an OpenMP pool inherited through fork must not be used.
     torch.set_num_threads(1)
     next_slot = [0] * len(models)
+    # Clips go up in groups of half a ring: one pipe message, and one wakeup of the parent's
+    # threads, per group instead of per clip (those wakeups take cores from the decoders). A
+    # group is sent early before anything else is sent and before waiting for a buffer.
+    group = max(1, min(ring.slots for ring in rings) // 2)
+    unsent: List[Tuple[int, int, int, int]] = []  # (seq, model, clip, slot)
+
+    def send_clips() -> None:
+        if unsent:
+            conn.send((_CLIPS, list(unsent)))
+            unsent.clear()
+
     while True:
         try:
             task = conn.recv()
@@ -352,11 +367,14 @@ def _child_main(conn: Connection, parent: int, models: Sequence[PreparedModel], 
             for msg in decode_video(task, models, decoder, **decode_options):
                 if isinstance(msg, ClipReady):
                     m = msg.model
-                    slot = rings[m].take(next_slot[m])
+                    slot = rings[m].take(next_slot[m], send_clips)
                     rings[m].data[slot].copy_(msg.tensor)
                     next_slot[m] = (slot + 1) % rings[m].slots
-                    conn.send((_CLIP, msg.seq, m, msg.clip, slot))
+                    unsent.append((msg.seq, m, msg.clip, slot))
+                    if len(unsent) >= group:
+                        send_clips()
                 else:
+                    send_clips()
                     conn.send(msg)
         except BaseException as e:  # noqa: BLE001 - a bug: the parent re-raises it with this traceback
             try:
