@@ -67,6 +67,18 @@ class FeatureWriter:
         self._num_clips = {m.key: clip_count(f, m.key, self.num_videos) for m in models}
         ids = f["videos/id"][: self.num_videos] if self.num_videos else []
         self.done_ids: List[str] = [decode_str(i) for i in ids]
+        self._datasets: Dict[str, h5py.Dataset] = {}
+
+    def _ds(self, path: str) -> h5py.Dataset:
+        """The dataset at `path`, looked up once: h5py's path lookups were a fifth of a commit's
+        time, and a commit runs on the thread that feeds the model."""
+        ds = self._datasets.get(path)
+        if ds is None:
+            ds = self._datasets[path] = self._f[path]
+        return ds
+
+    def _append(self, path: str, values: Any) -> None:
+        append_rows(self._ds(path), values)
 
     # -- appending -----------------------------------------------------------
     def add_video(self, record: VideoRecord, results: Mapping[str, ModelResult]) -> None:
@@ -87,7 +99,7 @@ class FeatureWriter:
             values = [getattr(r, name) for r in records]
             if name == "status":
                 values = [STATUS.index(v) for v in values]
-            append_rows(f["videos"][name], np.array(values, dtype=object if dt is STR else dt))
+            self._append(f"videos/{name}", np.array(values, dtype=object if dt is STR else dt))
         for key, m in self.models.items():
             self._append_model(m, n0, [res.get(key) for _, res in items])
         f.flush()
@@ -98,30 +110,30 @@ class FeatureWriter:
         self.done_ids.extend(r.id for r in records)
 
     def _append_model(self, m: ModelInfo, n0: int, results: Sequence[Optional[ModelResult]]) -> None:
-        gm = self._f[f"models/{m.key}"]
+        gm = f"models/{m.key}"
         c0 = self._num_clips[m.key]
         tables = [res.clips if res is not None else ClipTable.empty(m.clip_len) for res in results]
         counts = np.array([len(t) for t in tables], np.int64)
         c = c0 + int(counts.sum())
-        append_rows(gm["videos/num_clips"], counts)
-        append_rows(gm["videos/clip_offset"], c0 + np.cumsum(counts) - counts)
+        self._append(f"{gm}/videos/num_clips", counts)
+        self._append(f"{gm}/videos/clip_offset", c0 + np.cumsum(counts) - counts)
         if c > c0:
-            append_rows(gm["clips/video_index"], np.repeat(np.arange(n0, n0 + len(tables), dtype=np.int64), counts))
-            append_rows(gm["clips/start_frame"], np.concatenate([np.asarray(t.start_frame, np.int64) for t in tables]))
-            append_rows(gm["clips/start_time"], np.concatenate([np.asarray(t.start_time, np.float64) for t in tables]))
-            append_rows(gm["clips/padded"], np.concatenate([np.asarray(t.padded, np.int32) for t in tables]))
+            self._append(f"{gm}/clips/video_index", np.repeat(np.arange(n0, n0 + len(tables), dtype=np.int64), counts))
+            for column, dtype in (("start_frame", np.int64), ("start_time", np.float64), ("padded", np.int32)):
+                self._append(f"{gm}/clips/{column}",
+                             np.concatenate([np.asarray(getattr(t, column), dtype) for t in tables]))
             if m.clip_len:
                 fi = []
                 for t in tables:
                     if len(t) and t.frame_indices is None:
                         raise ValueError(f"model {m.key!r}: frame_indices are required (clip_len={m.clip_len})")
                     fi.append(np.asarray(t.frame_indices, np.int64).reshape(len(t), m.clip_len))
-                append_rows(gm["clips/frame_indices"], np.concatenate(fi))
+                self._append(f"{gm}/clips/frame_indices", np.concatenate(fi))
         for layer in m.layers:
             self._append_layer(gm, layer, tables, results, c > c0)
         self._num_clips[m.key] = c
 
-    def _append_layer(self, gm: h5py.Group, layer: LayerInfo, tables: Sequence[ClipTable],
+    def _append_layer(self, gm: str, layer: LayerInfo, tables: Sequence[ClipTable],
                       results: Sequence[Optional[ModelResult]], any_clips: bool) -> None:
         tail = layer.clip_shape
         feats, means = [], []
@@ -130,15 +142,15 @@ class FeatureWriter:
             x = np.zeros((0,) + tail, np.float32) if x is None else np.asarray(x)
             if x.shape != (len(t),) + tail:
                 raise ValueError(
-                    f"model {gm.name.rsplit('/', 1)[-1]!r} layer {layer.name!r}: features {x.shape} do not match "
+                    f"model {gm.rsplit('/', 1)[-1]!r} layer {layer.name!r}: features {x.shape} do not match "
                     f"{len(t)} clips x {tail}"
                 )
             feats.append(x)
             v = None if res is None or res.video is None else res.video.get(layer.name)
             means.append(video_mean(x) if v is None else np.asarray(v, np.float64).reshape(layer.dim))
         if any_clips:
-            append_rows(gm[f"layers/{layer.name}/clip_features"], np.concatenate(feats).astype(self.storage_dtype))
-        append_rows(gm[f"layers/{layer.name}/video_mean"], np.stack(means).astype(self.storage_dtype))
+            self._append(f"{gm}/layers/{layer.name}/clip_features", np.concatenate(feats).astype(self.storage_dtype))
+        self._append(f"{gm}/layers/{layer.name}/video_mean", np.stack(means).astype(self.storage_dtype))
 
     # -- closing ---------------------------------------------------------------
     def close(self, complete: Optional[bool] = None) -> None:
