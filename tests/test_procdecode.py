@@ -253,3 +253,30 @@ def test_a_batch_larger_than_the_ring_does_not_deadlock(tmp_path, videos, monkey
     assert done, "extraction with decode processes deadlocked (clips held in a batch, child waiting for a buffer)"
     assert done[0].ok == 5
     _assert_same_datasets(procs, threads)
+
+
+def test_stopping_while_clips_are_lent_is_prompt(tmp_path, videos, monkeypatch):
+    """Ctrl-C while the scheduler holds a child's last buffers (the child waits for one, its
+    thread waits on the pipe): the buffers go back, so the run stops at once, not after the
+    shutdown timeout."""
+    import time
+
+    from c3dfeat.pipeline import scheduler as scheduler_module
+
+    monkeypatch.setattr(procdecode, "RING_BYTES", 1)  # rings of MIN_SLOTS buffers
+    monkeypatch.setattr(scheduler_module, "SHUTDOWN_SECONDS", 60.0)
+
+    def interrupt_instead(self) -> None:
+        if any(proc.starved() for proc in self._procs):  # we hold its buffers: stop right here
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(scheduler_module.LocalScheduler, "_give_back_if_starved", interrupt_instead)
+    long_one = tmp_path / "in"
+    long_one.mkdir()
+    (long_one / "e.mp4").symlink_to(videos / "e.mp4")  # 19 clips: the child needs a 5th buffer
+    t0 = time.monotonic()
+    with pytest.raises(ExtractInterrupted):
+        _run(long_one, tmp_path / "f.h5", workers=1, batch_size=16, worker_kind="process",
+             models=[("tiny3d", ["input"])])  # one model: nothing unsent when the child waits
+    assert time.monotonic() - t0 < 30, "the run waited for the shutdown timeout"
+    assert not multiprocessing.active_children()

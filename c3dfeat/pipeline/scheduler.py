@@ -284,8 +284,11 @@ class LocalScheduler:
 
     def _shutdown(self) -> None:
         """Stop the decode threads: wake those waiting for a slot, drain the queue for those
-        waiting to put, and join them (bounded: they are daemons)."""
+        waiting to put, and join them (bounded: they are daemons). Lent clips go back first: a
+        decode process waiting for one of its buffers would keep its thread waiting on its pipe."""
         self._stop.set()
+        for runner in self.runners:
+            runner.discard(lambda key: True)
         for _ in self._threads:
             self._pending.release()
         deadline = time.monotonic() + SHUTDOWN_SECONDS
