@@ -2,7 +2,7 @@
 
     from c3dfeat.runtime import configure_allocator, default_batch_size
     configure_allocator()                      # once, before the first large allocation
-    default_batch_size("cpu", "c3d")           # -> 4
+    default_batch_size("cpu", "c3d")           # -> 3
 
 Why the allocator matters: a 3D ConvNet's activations are tens of MB per batch (C3D conv1 at
 batch 4: 4x64x16x112x112 floats = 205 MB), far above glibc's dynamic mmap threshold (32 MiB at
@@ -109,11 +109,14 @@ def _reset_for_tests() -> None:
         _state = None
 
 
-# Clips per forward pass. CPU values are measured (docs/extract.md, "Performance": the fastest
-# batch whose peak RSS stays <= 1.5 GiB with C3D on a 2-core machine; larger batches are not
-# faster on CPU). CUDA values are NOT measured yet (no GPU was at hand): large enough to keep a
-# current GPU busy; scripts/bench_gpu.py measures them.
-_CPU_BATCH = 4
+# Clips per forward pass. CPU values are measured (docs/extract.md, "Batch size": the fastest
+# batch whose peak RSS stays <= 1.5 GiB with C3D on a 2-core machine). Batch 4 is ~2 % faster
+# for C3D but its peak RSS went over 1.5 GiB in about half the runs (1313-1610 MiB in 19 runs:
+# the heap sometimes grows by one conv1 output, ~196 MiB, that fragmentation keeps from being
+# reused); batch 3 peaked at 1212-1395 MiB in 6 runs. R(2+1)D-18: same speed at 3 and 4. CUDA
+# values are NOT measured yet (no GPU was at hand): large enough to keep a current GPU busy;
+# scripts/bench_gpu.py measures them.
+_CPU_BATCH = 3
 _CUDA_BATCH = 32
 _CUDA_BATCH_BY_MODEL = {"ir_csn_152": 16, "ip_csn_152": 16}  # 32-frame 224x224 clips, big activations
 

@@ -130,3 +130,30 @@ def test_sigkill_at_several_points_then_resume_equals_uninterrupted(tmp_path, vi
     with FeatureFile(out) as ff:
         assert ff.num_videos == 9 and [v for v, _ in ff.failed] == ["text.mp4"]
         assert ff.state == "complete", ff.state_reason
+
+
+@pytest.mark.usefixtures("tiny_models")
+def test_a_resumed_run_keeps_the_files_batch_size(tmp_path):
+    """The batch size changes the features' last bits and its default can change between
+    versions: without --batch-size, a resumed run uses the one the file was written with."""
+    import json
+
+    import h5py
+
+    from c3dfeat.pipeline import extract
+    from c3dfeat.runtime import default_batch_size
+
+    d = tmp_path / "v"
+    d.mkdir()
+    make_video(d / "a.mp4", 9, size=(32, 32))
+    out = tmp_path / "f.h5"
+    kw = dict(random_init=True, device="cpu", workers=1)
+    assert default_batch_size("cpu", "tiny3d") != 2
+    assert extract([d], out, [("tiny3d", ["conv"])], batch_size=2, **kw).batch_size == 2
+    make_video(d / "b.mp4", 9, size=(32, 32))
+    resumed = extract([d], out, [("tiny3d", ["conv"])], **kw)
+    assert (resumed.skipped, resumed.ok, resumed.batch_size) == (1, 1, 2)
+    with h5py.File(out, "r") as f:
+        assert json.loads(f.attrs["run"])["batch_size"] == 2
+    fresh = extract([d], out, [("tiny3d", ["conv"])], overwrite=True, **kw)
+    assert fresh.batch_size == default_batch_size("cpu", "tiny3d")

@@ -69,8 +69,8 @@ def test_configure_allocator_in_process(monkeypatch):
 
 
 def test_default_batch_size():
-    assert runtime.default_batch_size("cpu", "c3d") == 4
-    assert runtime.default_batch_size(torch.device("cpu"), "r2plus1d_18") == 4
+    assert runtime.default_batch_size("cpu", "c3d") == 3
+    assert runtime.default_batch_size(torch.device("cpu"), "r2plus1d_18") == 3
     assert runtime.default_batch_size("cuda:1", "c3d") >= 16
     assert runtime.default_batch_size("cuda", "ir_csn_152.ig65m") <= runtime.default_batch_size("cuda", "c3d")
 

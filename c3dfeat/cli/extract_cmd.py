@@ -87,7 +87,7 @@ def _parse_models(models: Tuple[str, ...], layers: Tuple[str, ...]) -> List[Tupl
 @options.dtype
 @click.option("--allow-tf32", is_flag=True, help="Let CUDA fp32 use TF32 (faster, not exact).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Clips per forward pass (default: per device and model; 4 on a CPU).")
+              help="Clips per forward pass (default: per device and model; 3 on a CPU).")
 @options.workers
 @options.worker_kind
 @options.decoder

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence, Tuple, Union
 
 from c3dfeat.errors import ConfigError
-from c3dfeat.pipeline.plan import ModelRequest, default_batch_size, pick_device, prepare_models
+from c3dfeat.pipeline.plan import ModelRequest, pick_device, prepare_models
 from c3dfeat.pipeline.procdecode import resolve_worker_kind
 from c3dfeat.pipeline.report import ExtractReport, Progress
 from c3dfeat.pipeline.run import (
@@ -22,6 +22,7 @@ from c3dfeat.pipeline.run import (
     pending_tasks,
     prepare_runtime,
     resolve_tasks,
+    run_batch_size,
 )
 from c3dfeat.pipeline.scheduler import LocalScheduler
 from c3dfeat.transforms import Crops
@@ -103,7 +104,8 @@ def extract(
         dtype: compute dtype: "fp32" (exact), "bf16" or "fp16" (torch.autocast; recorded).
         allow_tf32: let CUDA fp32 matmuls/convolutions use TF32 (faster, not exact; off).
         batch_size: clips per forward pass (each clip counts once, whatever the crops);
-            None: 4 on CPU, larger on CUDA (c3dfeat.runtime.default_batch_size when present).
+            None: the batch size of the file being resumed (same device type), else 3 on CPU,
+            larger on CUDA (c3dfeat.runtime.default_batch_size).
         workers: decoders running at once.
         worker_kind: "process" (forked decode processes, no GIL shared: Linux), "thread" (decode
             threads in this process) or "auto" (processes for a model on a GPU or more than 4
@@ -165,8 +167,7 @@ def extract(
     dev = pick_device(device)
     kind = resolve_worker_kind(worker_kind, dev.type, workers)
     prepare_runtime(dev, allow_tf32)
-    if batch_size is None:
-        batch_size = default_batch_size(dev, [r.name for r in reqs])
+    batch_size = run_batch_size(batch_size, output, overwrite, dev, [r.name for r in reqs])
     report = ExtractReport(output=Path(output), device=str(dev), dtype=dtype, batch_size=batch_size)
     tasks, shard_kn = resolve_tasks(inputs, shard)
     overrides = dict(clip_len=clip_len, stride=stride, frame_step=frame_step, num_clips=num_clips, fps=fps, tail=tail)

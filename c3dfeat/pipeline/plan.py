@@ -44,7 +44,7 @@ RANDOM_INIT_SEED = 0
 COMPUTE_DTYPES: Dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Used when c3dfeat.runtime has no per-device default: CPU 4 (as fast as 8 here, ~400 MiB less,
 # docs/extract.md); CUDA 32 (a GPU wants large batches; every model fits in 16 GiB at 32).
-CPU_DEFAULT_BATCH_SIZE = 4
+CPU_DEFAULT_BATCH_SIZE = 3
 CUDA_DEFAULT_BATCH_SIZE = 32
 
 

@@ -47,7 +47,6 @@ from c3dfeat.pipeline.decode import VideoFailed, VideoStart, VideoTask
 from c3dfeat.pipeline.plan import (
     Crops,
     PreparedModel,
-    default_batch_size,
     prepare_models,
 )
 from c3dfeat.pipeline.ray_actors import CLIP, FAILED, InferenceActor, decode_rows, import_worker, pack_models, trace
@@ -59,6 +58,7 @@ from c3dfeat.pipeline.run import (
     open_run_writer,
     pending_tasks,
     resolve_tasks,
+    run_batch_size,
 )
 
 __all__ = ["extract_ray"]
@@ -420,8 +420,7 @@ def extract_ray(
         dev, gpus = _cluster_device(device)
         actors, cpus_each, _ = _actor_pool(dev, gpus)
         warming = _warm_workers(actors * (cpus_each or 0))  # noqa: F841  (kept alive until the dataset starts)
-        if batch_size is None:
-            batch_size = default_batch_size(dev, [r.name for r in reqs])
+        batch_size = run_batch_size(batch_size, output, overwrite, dev, [r.name for r in reqs])
         report = ExtractReport(output=Path(output), device=str(dev), dtype=dtype, batch_size=batch_size, engine="ray")
         prepared = building.result()
         importing.result()

@@ -16,13 +16,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from c3dfeat.errors import ConfigError, ExtractInterrupted
+from c3dfeat.errors import ConfigError, ExtractInterrupted, StoreError
 from c3dfeat.pipeline.decode import VideoTask
-from c3dfeat.pipeline.plan import COMPUTE_DTYPES, ModelRequest, PreparedModel
+from c3dfeat.pipeline.plan import COMPUTE_DTYPES, ModelRequest, PreparedModel, default_batch_size
 from c3dfeat.pipeline.report import ExtractReport
 
-__all__ = ["check_options", "prepare_runtime", "resolve_tasks", "model_warnings", "open_run_writer",
-           "pending_tasks", "failed_before", "finish_run"]
+__all__ = ["check_options", "prepare_runtime", "resolve_tasks", "run_batch_size", "model_warnings",
+           "open_run_writer", "pending_tasks", "failed_before", "finish_run"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -90,6 +90,30 @@ def resolve_tasks(
         indexed = [(i, v) for i, v in indexed if v.id in keep]
     tasks = [VideoTask(seq, str(v.id), Path(v.path), str(v.label or ""), i) for seq, (i, v) in enumerate(indexed)]
     return tasks, (int(shard_kn[0]), int(shard_kn[1])) if shard_kn else None
+
+
+def run_batch_size(batch_size: Optional[int], output: PathLike, overwrite: bool, device: torch.device,
+                   model_names: Sequence[str]) -> int:
+    """`batch_size`, or when None: the batch size the output was written with, when this run
+    resumes it on the same kind of device (the batch size changes the features' last bits, and
+    the default may have changed since), else the device's default."""
+    if batch_size is not None:
+        return batch_size
+    path = Path(output)
+    if not overwrite and path.exists():
+        import json
+
+        from c3dfeat.store.files import open_read
+
+        try:
+            with open_read(path) as f:
+                run = json.loads(f.attrs.get("run", "") or "{}")
+        except (OSError, ValueError, StoreError):
+            run = {}  # opening it for writing says what is wrong with it
+        size, recorded_on = run.get("batch_size"), str(run.get("device", "")).split(":")[0]
+        if isinstance(size, int) and size >= 1 and recorded_on == device.type:
+            return size
+    return default_batch_size(device, model_names)
 
 
 def model_warnings(prepared: Sequence[PreparedModel], device: torch.device, dtype: str) -> List[str]:
