@@ -7,6 +7,7 @@ imports the other's (api dispatches to ray_engine lazily, so ray_engine must not
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shlex
 import sys
@@ -101,8 +102,6 @@ def run_batch_size(batch_size: Optional[int], output: PathLike, overwrite: bool,
         return batch_size
     path = Path(output)
     if not overwrite and path.exists():
-        import json
-
         from c3dfeat.store.files import open_read
 
         try:

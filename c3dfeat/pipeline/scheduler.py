@@ -266,8 +266,8 @@ class LocalScheduler:
     def _give_back_if_starved(self) -> None:
         """About to wait for the queue: a decode process with no free buffer waits for the clips
         we hold of it (a batch being filled), so copy and release them first. Checked before
-        every wait: a process uses its last buffer before it sends that clip, so the clip's
-        arrival wakes us to check again."""
+        every wait: a process takes a buffer before it sends the clip in it, and sends what it
+        holds before it waits for one, so that message wakes us to check again."""
         if any(proc.starved() for proc in self._procs):
             for runner in self.runners:
                 runner.give_back_lent()
