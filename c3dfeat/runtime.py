@@ -111,7 +111,7 @@ def _reset_for_tests() -> None:
 
 # Clips per forward pass. CPU values are measured (docs/extract.md, "Batch size": the fastest
 # batch whose peak RSS stays <= 1.5 GiB with C3D on a 2-core machine). Batch 4 is ~2 % faster
-# for C3D but its peak RSS went over 1.5 GiB in about half the runs (1313-1610 MiB in 19 runs:
+# for C3D but its peak RSS went over 1.5 GiB in a third of the runs (1313-1610 MiB, 6 of 18:
 # the heap sometimes grows by one conv1 output, ~196 MiB, that fragmentation keeps from being
 # reused); batch 3 peaked at 1212-1395 MiB in 6 runs. R(2+1)D-18: same speed at 3 and 4. CUDA
 # values are NOT measured yet (no GPU was at hand): large enough to keep a current GPU busy;

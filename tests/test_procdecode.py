@@ -189,7 +189,7 @@ def test_lent_buffers_come_back_in_any_order_and_held_ones_stay_intact(videos):
     model = _tiny_prepared()
     task = VideoTask(0, "e.mp4", videos / "e.mp4")  # 19 clips
     expected = [m.tensor for m in decode_video(task, [model], "pyav") if isinstance(m, ClipReady)]
-    proc = procdecode.DecodeProcess([model], "pyav", batch_size=1)
+    proc = procdecode.DecodeProcess([model], "pyav", None, batch_size=1)
     assert proc.slots == [procdecode.MIN_SLOTS]
     try:
         held, waiting, got = [], [], []
@@ -217,7 +217,7 @@ def test_lent_buffers_come_back_in_any_order_and_held_ones_stay_intact(videos):
 def test_a_child_out_of_buffers_is_reported_starved(videos):
     from c3dfeat.pipeline.decode import ClipReady, VideoEnd, VideoTask
 
-    proc = procdecode.DecodeProcess([_tiny_prepared()], "pyav", batch_size=1)
+    proc = procdecode.DecodeProcess([_tiny_prepared()], "pyav", None, batch_size=1)
     try:
         lent = []
         for msg in proc.decode(VideoTask(0, "e.mp4", videos / "e.mp4")):

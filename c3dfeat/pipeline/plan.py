@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from c3dfeat import zoo
+from c3dfeat import runtime, zoo
 from c3dfeat.errors import ConfigError
 from c3dfeat.models import create_model, get_spec
 from c3dfeat.models._common import FeatureModel
@@ -26,8 +26,6 @@ from c3dfeat.transforms import ClipTransform, Crops
 __all__ = [
     "RANDOM_INIT_SEED",
     "COMPUTE_DTYPES",
-    "CPU_DEFAULT_BATCH_SIZE",
-    "CUDA_DEFAULT_BATCH_SIZE",
     "ModelRequest",
     "PreparedModel",
     "pick_device",
@@ -42,10 +40,6 @@ PathLike = Union[str, "os.PathLike[str]"]
 # same (meaningless) features; recorded in the provenance.
 RANDOM_INIT_SEED = 0
 COMPUTE_DTYPES: Dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# Used when c3dfeat.runtime has no per-device default: CPU 4 (as fast as 8 here, ~400 MiB less,
-# docs/extract.md); CUDA 32 (a GPU wants large batches; every model fits in 16 GiB at 32).
-CPU_DEFAULT_BATCH_SIZE = 3
-CUDA_DEFAULT_BATCH_SIZE = 32
 
 
 @dataclass(frozen=True)
@@ -112,12 +106,9 @@ def pick_device(device: str) -> torch.device:
 
 
 def default_batch_size(device: torch.device, model_names: Sequence[str]) -> int:
-    """The batch size when none is given: the smallest per-model default on this device."""
-    try:
-        from c3dfeat.runtime import default_batch_size as runtime_default  # THROUGHPUT's measured table
-    except ImportError:
-        return CUDA_DEFAULT_BATCH_SIZE if device.type == "cuda" else CPU_DEFAULT_BATCH_SIZE
-    return min(int(runtime_default(device, name)) for name in model_names)
+    """The batch size when none is given: the smallest per-model default on this device
+    (c3dfeat.runtime's measured table)."""
+    return min(runtime.default_batch_size(device, name) for name in model_names)
 
 
 def _sha256_array(a: np.ndarray) -> str:

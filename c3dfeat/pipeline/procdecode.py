@@ -4,7 +4,7 @@ Why: a decode thread holds the GIL for ~15 % of its time (PyAV's frame iteration
 reformatting, the per-frame transform's Python), so threads stop scaling long before the 16+
 cores a GPU machine gives its decoders. A forked child has its own interpreter.
 
-    proc = DecodeProcess(models, decoder="pyav")   # fork now, before any decode thread exists
+    proc = DecodeProcess(models, "pyav", None, batch_size)   # fork now, before any decode thread
     for msg in proc.decode(task): ...              # the same messages as decode_video(task, ...)
     proc.close()
 
@@ -170,8 +170,8 @@ class DecodeProcess:
     """One forked child that decodes the tasks its parent thread sends it (module docstring).
     `batch_size` sizes the rings (`slots_for`)."""
 
-    def __init__(self, models: Sequence[PreparedModel], decoder: str, decode_options: Optional[dict] = None,
-                 batch_size: int = 4) -> None:
+    def __init__(self, models: Sequence[PreparedModel], decoder: str, decode_options: Optional[dict],
+                 batch_size: int) -> None:
         self.models = list(models)
         self.decoder = decoder
         self.decode_options = dict(decode_options or {})
