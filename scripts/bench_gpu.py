@@ -22,6 +22,10 @@ Prints one table:
   "cores/1k" (host CPU seconds per clip x 1000) says how many CPU cores 1000 clips/s keep busy
   with each kind of decoding: the cores NVDEC frees.
 
+Before any figure it runs tests/test_cuda.py on the device (the pipeline's overlapped batches
+equal the direct computation bit for bit, fp32 exact, bf16 recorded; ~1 minute) and stops if they
+fail: throughput of wrong features means nothing. `--no-check` skips them.
+
 Random weights (the arithmetic does not depend on them). Not a test: figures depend on the
 machine and its load, printed with the table.
 """
@@ -32,6 +36,7 @@ import json
 import os
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -77,6 +82,13 @@ def model_only(name: str, dev: torch.device, dtype: str, batch: int, seconds: fl
     mem = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else float("nan")
     del runner, m
     return {"clips_per_s": n * batch / dt, "gpu_mem_gib": mem, "batches": n}
+
+
+def exactness_checks() -> int:
+    """tests/test_cuda.py (every device present; the GPU ones are what matter here): exit status."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", str(REPO / "tests" / "test_cuda.py")]
+    print("exactness on this machine's devices:", " ".join(cmd[2:]), flush=True)
+    return subprocess.run(cmd, cwd=REPO).returncode
 
 
 def _videos(cache: Path, size, seconds: float, copies: int) -> Path:
@@ -136,6 +148,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--e2e-model", default="c3d")
     ap.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "c3dfeat-bench")
     ap.add_argument("--json", metavar="PATH")
+    ap.add_argument("--no-check", action="store_true", help="skip the exactness tests run first")
     args = ap.parse_args(argv)
 
     allocator = configure_allocator()
@@ -171,6 +184,9 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"torchcodec {'yes' if has_tc else 'no'}, load average {os.getloadavg()[0]:.1f}", flush=True)
     if dev.type == "cuda" and gpu_decoding:
         print(f"GPU decoding skipped: {gpu_decoding}", flush=True)
+
+    if not args.no_check and exactness_checks() != 0:
+        raise SystemExit("the exactness tests failed on this machine: no figures (see above)")
 
     rows: List[Dict[str, object]] = []
     for model in models:

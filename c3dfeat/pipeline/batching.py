@@ -10,10 +10,12 @@ which videos shared its batch: resumed, sharded, in-process and Ray runs agree b
 the same device, dtype and batch size.
 
 On CUDA the batch is assembled in pinned host memory (two buffers per model, reused: no
-per-batch allocation), copied with a non-blocking host-to-device copy, and the features come
-back with a non-blocking copy; `launch` returns at once and `LaunchedBatch.collect` waits, so
-the caller fills the next batch while the GPU computes. On CPU `launch` computes synchronously
-into one preallocated buffer. `dtype` "bf16" / "fp16" runs the model under `torch.autocast`
+per-batch allocation) and copied on a side stream into one of two device buffers, so the copy of
+the next batch overlaps the forward pass of the current one; the features come back with a
+non-blocking copy. `launch` returns at once and `LaunchedBatch.collect` waits, so the caller
+fills the next batch while the GPU computes. Every stream and event is that of `device` (also
+when it is not the current CUDA device). On CPU `launch` computes synchronously into one
+preallocated buffer. `dtype` "bf16" / "fp16" runs the model under `torch.autocast`
 (weights stay float32); "fp32" is the exact path (TF32 off unless `allow_tf32`, see api.extract).
 """
 from __future__ import annotations
@@ -66,8 +68,10 @@ class BatchRunner(Generic[K]):
         # Allocated once per model (never per batch): no allocator churn, and pinned memory is
         # what makes the CUDA copy asynchronous.
         self._buffers = [torch.zeros(shape, pin_memory=self._cuda) for _ in range(n_buffers)]
-        self._copied: List[Optional["torch.cuda.Event"]] = [None] * n_buffers
         self._next_buffer = 0
+        if self._cuda:
+            self._stages = [_CudaStage(shape, device) for _ in range(n_buffers)]
+            self._copy_stream = torch.cuda.Stream(device=device)
 
     @property
     def asynchronous(self) -> bool:
@@ -133,9 +137,8 @@ class BatchRunner(Generic[K]):
         model, b, c = self.model, len(clips), self.model.num_crops
         i = self._next_buffer
         self._next_buffer = (i + 1) % len(self._buffers)
-        copied = self._copied[i]
-        if copied is not None:
-            copied.synchronize()  # the copy out of this buffer has finished: safe to refill
+        if self._cuda:
+            self._stages[i].wait_host_free()  # the copy out of this buffer has finished: safe to refill
         buf = self._buffers[i]
         # One plain memcpy per clip, in this thread: torch.stack's parallel copy wakes the OpenMP
         # pool, which competes with the decoders for cores; from a decode process's buffers it
@@ -147,12 +150,12 @@ class BatchRunner(Generic[K]):
             release()
         if b < self.batch_size:
             rows[b:] = 0  # always a full batch: see the module docstring
-        x = buf.view((self.batch_size * c,) + model.clip_shape[1:])
         if self._cuda:
-            x = x.to(self.device, non_blocking=True)
-            event = torch.cuda.Event()
-            event.record()
-            self._copied[i] = event
+            compute = torch.cuda.current_stream(self.device)
+            x = self._stages[i].upload(buf, self._copy_stream, compute)
+        else:
+            x = buf
+        x = x.view((self.batch_size * c,) + model.clip_shape[1:])
         reduced = self.compute_dtype != torch.float32
         with torch.autocast(device_type=self.device.type, dtype=self.compute_dtype, enabled=reduced):
             out = extract_layers(model.net, x, model.layers)
@@ -168,6 +171,40 @@ class BatchRunner(Generic[K]):
                 host[layer] = y.clone()  # never a view of the reused input buffer
         done = None
         if self._cuda:
-            done = torch.cuda.Event()
-            done.record()
+            # After the copies out too: a layer may be a view of the input (e.g. "input").
+            done = self._stages[i].record_consumed(compute)
         return LaunchedBatch(keys, host, done)
+
+
+class _CudaStage:
+    """One device input buffer and the events that order its use across two streams:
+    host buffer → (copy stream) → device buffer → (compute stream) → forward pass."""
+
+    def __init__(self, shape: Tuple[int, ...], device: torch.device) -> None:
+        self.device_buffer = torch.empty(shape, device=device)  # lives as long as the runner
+        self._copied: Optional["torch.cuda.Event"] = None  # the upload out of the host buffer ended
+        self._consumed: Optional["torch.cuda.Event"] = None  # the last batch read from device_buffer ended
+
+    def wait_host_free(self) -> None:
+        """Block until the last upload out of this stage's host buffer has finished."""
+        if self._copied is not None:
+            self._copied.synchronize()
+
+    def upload(self, host: torch.Tensor, copy: "torch.cuda.Stream", compute: "torch.cuda.Stream") -> torch.Tensor:
+        """Copy `host` (pinned) into the device buffer on `copy`, after the forward pass that last
+        read it; `compute` waits for the copy. Returns the device buffer."""
+        with torch.cuda.stream(copy):
+            if self._consumed is not None:
+                copy.wait_event(self._consumed)
+            self.device_buffer.copy_(host, non_blocking=True)
+            self._copied = torch.cuda.Event()
+            self._copied.record(copy)
+        compute.wait_event(self._copied)
+        return self.device_buffer
+
+    def record_consumed(self, compute: "torch.cuda.Stream") -> "torch.cuda.Event":
+        """Mark the end of all work just queued on `compute` that reads the device buffer (the
+        forward pass and the copies of its outputs to the host); returns that event."""
+        self._consumed = torch.cuda.Event()
+        self._consumed.record(compute)
+        return self._consumed
