@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from c3dfeat.errors import ConfigError
 from c3dfeat.models import extract_layers
 from c3dfeat.pipeline import ModelRequest, extract
 from c3dfeat.pipeline.batching import BatchRunner
-from c3dfeat.pipeline.plan import prepare_model
+from c3dfeat.pipeline.plan import pick_device, prepare_model
 from c3dfeat.pipeline.run import prepare_runtime
 from c3dfeat.sampling import sample_clips
 from c3dfeat.store import FeatureFile
@@ -128,3 +129,20 @@ def test_cuda_fp32_is_exact_unless_tf32_is_asked_and_cudnn_autotunes():
         assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved
+
+
+def test_device_names_are_checked_against_this_machine(monkeypatch):
+    assert pick_device("cpu") == torch.device("cpu")
+    for bad in ("gpu", "mps", "cuda:x"):
+        with pytest.raises(ConfigError, match="auto, cpu or cuda"):
+            pick_device(bad)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="CUDA is not available on this machine; use --device cpu"):
+        pick_device("cuda")
+    assert pick_device("auto") == torch.device("cpu")
+    # a machine with one GPU (faked: only the names are checked, nothing runs on it)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert pick_device("cuda") == torch.device("cuda") and pick_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(ConfigError, match=r"--device cuda:1: this machine has 1 CUDA GPU\(s\), numbered from cuda:0"):
+        pick_device("cuda:1")

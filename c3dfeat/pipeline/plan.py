@@ -102,6 +102,10 @@ def pick_device(device: str) -> torch.device:
         raise ConfigError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
     if d.type not in ("cpu", "cuda"):
         raise ConfigError(f"--device must be auto, cpu or cuda[:N], got {device!r}")
+    if d.type == "cuda" and (d.index or 0) >= torch.cuda.device_count():
+        # else CUDA's "invalid device ordinal" surfaces deep inside the model's set-up
+        raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                          "numbered from cuda:0")
     return d
 
 
