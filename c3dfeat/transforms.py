@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from c3dfeat.errors import ConfigError
-from c3dfeat.resize import resize_linear_uint8
+from c3dfeat.resize import resize_engine, resize_linear_uint8
 from c3dfeat.specs import Preprocessing
 
 __all__ = ["ClipTransform", "resized_size", "crop_offsets"]
@@ -108,6 +108,8 @@ class ClipTransform:
         if preprocessing.channel_order not in ("RGB", "BGR"):
             raise ConfigError(f"channel_order must be RGB or BGR, got {preprocessing.channel_order!r}")
         self._check_resize_rule(preprocessing, self.quantize_resize, mean_cube is not None)
+        if preprocessing.resize_backend == "opencv":
+            resize_engine()  # OpenCV's check (or C3DFEAT_RESIZE's error) now, before any decode worker
         self._bgr = preprocessing.channel_order == "BGR"
         self._divide_by = float(preprocessing.divide_by)
         self._std = torch.tensor(preprocessing.std, dtype=torch.float32).view(3, 1, 1, 1)

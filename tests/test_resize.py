@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 
-import cv2  # opencv-python-headless, a test extra (`make install`): missing, these tests fail
+import cv2  # opencv-python-headless (installed by `make install`): missing, these tests fail
 import numpy as np
 import pytest
 import torch
 
-from c3dfeat import get_spec
-from c3dfeat.resize import opencv_linear_coefficients, resize_linear_uint8
+from c3dfeat import get_spec, resize
+from c3dfeat.errors import ConfigError
+from c3dfeat.resize import (
+    RESIZE_ENV,
+    opencv_linear_coefficients,
+    resize_engine,
+    resize_linear_uint8,
+    resize_linear_uint8_reference,
+)
 from c3dfeat.transforms import ClipTransform
 
 C3D = get_spec("c3d").preprocessing
@@ -21,11 +28,14 @@ def cv2_resize(frames: np.ndarray, size: tuple) -> np.ndarray:
 
 
 def assert_bit_equal(frames: np.ndarray, size: tuple) -> None:
-    ours = resize_linear_uint8(torch.from_numpy(frames), size).numpy()
+    """Both of c3dfeat's implementations (the numpy reference, and the dispatching function,
+    which calls OpenCV itself for small outputs once it passed its check) equal cv2.resize."""
     ref = cv2_resize(frames, size)
-    assert ours.shape == ref.shape
-    diff = ours != ref
-    assert not diff.any(), f"{frames.shape[1:3]} -> {size}: {diff.sum()} values differ"
+    for impl in (resize_linear_uint8_reference, resize_linear_uint8):
+        ours = impl(torch.from_numpy(frames), size).numpy()
+        assert ours.shape == ref.shape
+        diff = ours != ref
+        assert not diff.any(), f"{impl.__name__} {frames.shape[1:3]} -> {size}: {diff.sum()} values differ"
 
 
 SIZES = [
@@ -92,12 +102,95 @@ def test_real_video_frames_equal_cv2():
         assert_bit_equal(frames, (128, 171))
 
 
-def test_window_equals_the_same_part_of_the_full_resize():
+@pytest.mark.parametrize("impl", [resize_linear_uint8_reference, resize_linear_uint8])
+def test_window_equals_the_same_part_of_the_full_resize(impl):
     rng = np.random.default_rng(3)
     frames = torch.from_numpy(rng.integers(0, 256, (3, 240, 320, 3), dtype=np.uint8))
-    full = resize_linear_uint8(frames, (128, 171))
-    window = resize_linear_uint8(frames, (128, 171), rows=(8, 120), cols=(29, 141))
+    full = impl(frames, (128, 171))
+    window = impl(frames, (128, 171), rows=(8, 120), cols=(29, 141))
     assert torch.equal(window, full[:, 8:120, 29:141])
+    part = frames[:, 1:, 10:300]  # not contiguous
+    assert not part.is_contiguous()
+    want = resize_linear_uint8_reference(part.contiguous(), (128, 171), rows=(8, 120))
+    assert torch.equal(impl(part, (128, 171), rows=(8, 120)), want)
+
+
+# ----------------------------------------------------------------------------- which implementation
+@pytest.fixture
+def undecided(monkeypatch):
+    """This process's choice of implementation forgotten (restored after the test)."""
+    monkeypatch.setattr(resize, "_engine", None)
+    monkeypatch.delenv(RESIZE_ENV, raising=False)
+    return monkeypatch
+
+
+class _Cv2RoundingOtherwise:
+    """An OpenCV build whose kernel rounds once (as its plain scalar code does): one level off."""
+    __version__ = "0.0-scalar"
+    INTER_LINEAR = cv2.INTER_LINEAR
+
+    def __init__(self):
+        self.calls = 0
+
+    def resize(self, frame, size, dst=None, interpolation=None):
+        self.calls += 1
+        out = cv2.resize(frame, size, interpolation=interpolation)
+        out.flat[0] ^= 1
+        if dst is not None:
+            dst[...] = out
+            return dst
+        return out
+
+
+def _frames():
+    return torch.from_numpy(np.random.default_rng(11).integers(0, 256, (2, 240, 320, 3), dtype=np.uint8))
+
+
+def test_opencv_is_used_once_its_check_passes(undecided):
+    calls = []
+    real = cv2.resize
+    undecided.setattr(cv2, "resize", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert resize_engine() == "opencv" and len(calls) == len(resize._CHECKS)  # the check, once
+    got = resize_linear_uint8(_frames(), (128, 171))
+    assert len(calls) == len(resize._CHECKS) + 2  # one call per frame
+    assert torch.equal(got, resize_linear_uint8_reference(_frames(), (128, 171)))
+    # outputs big enough for OpenCV's thread pool (not fork-safe) stay with the reference
+    resize_linear_uint8(_frames(), (256, 342))
+    assert len(calls) == len(resize._CHECKS) + 2
+
+
+def test_an_opencv_that_rounds_otherwise_is_not_used(undecided):
+    fake = _Cv2RoundingOtherwise()
+    undecided.setitem(__import__("sys").modules, "cv2", fake)
+    with pytest.warns(RuntimeWarning, match=r"OpenCV 0.0-scalar's resize differs from the Caffe models' "
+                                            r"\(240x320 -> 128x171: 1 of 65664 values\).*own implementation"):
+        assert resize_engine() == "numpy"
+    calls = fake.calls
+    assert torch.equal(resize_linear_uint8(_frames(), (128, 171)), resize_linear_uint8_reference(_frames(), (128, 171)))
+    assert fake.calls == calls  # decided once: never called again
+    undecided.setattr(resize, "_engine", None)
+    undecided.setenv(RESIZE_ENV, "opencv")
+    with pytest.raises(ConfigError, match="C3DFEAT_RESIZE=opencv, but OpenCV 0.0-scalar's resize differs"):
+        resize_engine()
+
+
+def test_the_environment_chooses_and_is_checked(undecided):
+    undecided.setenv(RESIZE_ENV, "numpy")
+    undecided.setattr(cv2, "resize", lambda *a, **k: pytest.fail("OpenCV called under C3DFEAT_RESIZE=numpy"))
+    assert resize_engine() == "numpy"
+    assert torch.equal(resize_linear_uint8(_frames(), (128, 171)), resize_linear_uint8_reference(_frames(), (128, 171)))
+    undecided.setattr(resize, "_engine", None)
+    undecided.setenv(RESIZE_ENV, "fast")
+    with pytest.raises(ConfigError, match="C3DFEAT_RESIZE='fast': use auto, opencv or numpy"):
+        ClipTransform(C3D)  # the Caffe models' transforms decide at construction, before any worker
+    undecided.setattr(resize, "_engine", None)
+    undecided.setitem(__import__("sys").modules, "cv2", None)  # not installed
+    undecided.setenv(RESIZE_ENV, "auto")
+    assert resize_engine() == "numpy"
+    undecided.setattr(resize, "_engine", None)
+    undecided.setenv(RESIZE_ENV, "opencv")
+    with pytest.raises(ConfigError, match="OpenCV does not import.*pip install opencv-python-headless"):
+        resize_engine()
 
 
 def test_coefficients_golden():
