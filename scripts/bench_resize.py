@@ -6,6 +6,9 @@
 `resize_backend="opencv"` (c3dfeat/resize.py: cv::resize INTER_LINEAR bit for bit) and with
 `resize_backend="torch"` (F.interpolate + round, what C3D used before), alternating A and B so
 both see the same load. With cv2 installed it also prints cv2.resize itself (C++, for scale).
+Since 2026-11-30 the "opencv" path calls cv2.resize itself once its start-up check passes
+(c3dfeat.resize.resize_engine, printed); `C3DFEAT_RESIZE=numpy` times the numpy reproduction
+(the figures below are the reproduction's).
 Not a test: numbers depend on the machine and its load.
 
 Measured 2026-11-30 on the 2-core dev machine shared by seven engineers, 2 threads, frames/s,
@@ -32,6 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from c3dfeat import get_spec
+from c3dfeat.resize import resize_engine
 from c3dfeat.specs import Preprocessing
 from c3dfeat.transforms import ClipTransform
 
@@ -66,7 +70,7 @@ def main() -> None:
             for _ in range(args.rounds):
                 a = frames_per_second(c3d, frames, crops)
                 b = frames_per_second(float_path, frames, crops)
-                print(f"{hw[1]}x{hw[0]} crops={crops}: opencv emulation {a:.0f} frames/s, "
+                print(f"{hw[1]}x{hw[0]} crops={crops}: opencv-exact ({resize_engine()}) {a:.0f} frames/s, "
                       f"float resize {b:.0f} frames/s, ratio {a / b:.2f}", flush=True)
         if cv2 is not None:
             start = time.perf_counter()
