@@ -27,8 +27,8 @@ scalar code) rounds once, ``(H0 * b0 + H1 * b1 + 2**21) >> 22``: about 1 value i
 by one level (320x240 -> 171x128).
 
 Two implementations compute it. OpenCV itself (``cv2.resize``; ~10x faster: 0.03 against 0.3 ms
-per 320x240 frame here, ~40 % of C3D's decode-side CPU per clip) is used once, at first use in
-each process, a check on fixed random frames has found it equal to the reference below — a
+per 320x240 frame here, ~40 % of C3D's decode-side CPU per clip) is used once a check on fixed
+random frames, made at first use in each process, has found it equal to the reference below; a
 build whose kernel rounds otherwise is not used (a warning says so). The reference
 (`resize_linear_uint8_reference`: numpy, computes only the requested window) runs otherwise:
 without OpenCV, for outputs of 65,536 pixels or more (where cv::resize would use OpenCV's
