@@ -139,7 +139,7 @@ def _choose_engine() -> Any:
         return False
     try:
         import cv2
-    except ImportError as e:
+    except (ImportError, OSError, AttributeError, RuntimeError) as e:  # absent, or built for another numpy / libGL
         if choice == "opencv":
             raise ConfigError(f"{RESIZE_ENV}=opencv, but OpenCV does not import ({e}): "
                               "pip install opencv-python-headless, or unset it") from None
