@@ -197,6 +197,9 @@ class _CudaStage:
             if self._consumed is not None:
                 copy.wait_event(self._consumed)
             self.device_buffer.copy_(host, non_blocking=True)
+            # allocated on the current stream (the forward passes'): freed with the runner, the allocator must
+            # also wait for this stream's work on it (a run stopped with batches in flight)
+            self.device_buffer.record_stream(copy)
             self._copied = torch.cuda.Event()
             self._copied.record(copy)
         compute.wait_event(self._copied)
