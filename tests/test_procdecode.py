@@ -280,3 +280,22 @@ def test_stopping_while_clips_are_lent_is_prompt(tmp_path, videos, monkeypatch):
              models=[("tiny3d", ["input"])])  # one model: nothing unsent when the child waits
     assert time.monotonic() - t0 < 30, "the run waited for the shutdown timeout"
     assert not multiprocessing.active_children()
+
+
+def test_opencv_resize_in_decode_processes_equals_the_reference(tmp_path, monkeypatch):
+    """C3D's resize is cv2.resize once checked (c3dfeat.resize); children forked after the check
+    use it too. Threads with the numpy reference, processes with OpenCV: the same file."""
+    from c3dfeat import resize
+
+    assert resize.resize_engine() == "opencv"  # opencv-python-headless is a dependency
+    make_video(tmp_path / "v" / "x.mp4", 26, size=(48, 64), noise=30)
+    make_video(tmp_path / "v" / "y.mp4", 17, size=(40, 72), noise=30)
+    reference, forked = tmp_path / "numpy.h5", tmp_path / "opencv.h5"
+    models = [("c3d", ["fc6"])]
+    with monkeypatch.context() as m:
+        m.setattr(resize, "_engine", False)  # the numpy reproduction, in this process's threads
+        _run(tmp_path / "v", reference, models=models, workers=2, batch_size=2, worker_kind="thread")
+    _run(tmp_path / "v", forked, models=models, workers=2, batch_size=2, worker_kind="process")
+    _assert_same_datasets(forked, reference)
+    with FeatureFile(forked) as f:
+        assert f.clips("x.mp4", "c3d", "fc6").shape == (3, 4096)
