@@ -252,6 +252,45 @@ def test_batch_runner_full_padded_batches_independent_of_companions():
         runner.add(("x", 0), torch.zeros(1, 3, 4, 32, 32))
 
 
+def test_copy_helpers_assemble_the_same_batches_and_padding_stays_zero():
+    """Batches assembled by copy helpers (on for CUDA at large batches, forced here) hold the same
+    bits; every lent clip is released once; the rows past a partial batch are zero again after a
+    full batch used them (only those rows are cleared)."""
+    model = prepare_model(ModelRequest("tiny3d", ("conv", "input")), device=CPU, random_init=True)
+    clips = _clips(11, seed=4)
+    results = []
+    for copy_threads in (0, 3):
+        runner = BatchRunner(model, 5, CPU, copy_threads=copy_threads)
+        released = []
+        got = {}
+        for k, c in enumerate(clips):  # 5 + 5 + a partial batch of 1
+            if runner.add(k, c, release=lambda k=k, done=released: done.append(k)):
+                got.update(runner.launch().collect())
+        got.update(runner.launch().collect())
+        assert sorted(released) == list(range(11))
+        buffer = runner._buffers[0]
+        assert torch.equal(buffer[0], clips[10]) and not buffer[1:].any()  # the full batch's rows cleared
+        runner.close()
+        results.append(got)
+    for k in range(11):
+        for layer in ("conv", "input"):
+            np.testing.assert_array_equal(results[1][k][layer], results[0][k][layer])
+        np.testing.assert_array_equal(results[1][k]["input"], clips[k].flatten().numpy())
+
+
+def test_copy_helpers_only_for_large_cuda_batches_on_many_cores(monkeypatch):
+    from c3dfeat.pipeline import batching
+
+    monkeypatch.setattr(batching.os, "cpu_count", lambda: 16)
+    cuda = torch.device("cuda")
+    assert batching.default_copy_threads(cuda, 32) == 4 and batching.default_copy_threads(CPU, 32) == 0
+    assert batching.default_copy_threads(cuda, 4) == 0
+    monkeypatch.setattr(batching.os, "cpu_count", lambda: 8)
+    assert batching.default_copy_threads(cuda, 32) == 2
+    monkeypatch.setattr(batching.os, "cpu_count", lambda: 4)
+    assert batching.default_copy_threads(cuda, 32) == 0
+
+
 def test_bf16_autocast_recorded_and_close_fp32_exact(tmp_path, videos):
     a, b = tmp_path / "fp32.h5", tmp_path / "bf16.h5"
     _run(videos, a)

@@ -299,6 +299,8 @@ class LocalScheduler:
         self._drain()
         for proc in self._procs:
             proc.close(kill=any(t.is_alive() for t in self._threads))
+        for runner in self.runners:
+            runner.close()
 
     def _drain(self) -> None:
         try:
