@@ -80,6 +80,7 @@ def model_only(name: str, dev: torch.device, dtype: str, batch: int, seconds: fl
     _sync(dev)
     dt = time.perf_counter() - t0
     mem = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else float("nan")
+    runner.close()
     del runner, m
     return {"clips_per_s": n * batch / dt, "gpu_mem_gib": mem, "batches": n}
 
