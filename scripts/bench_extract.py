@@ -16,7 +16,9 @@ Measures, for one model and batch size:
 
 --decode-bound replaces the model by one that does no work (C3D's sampling and preprocessing):
 decode + sampling + transform + batching + store, the most a GPU could be fed per worker; it
-alternates worker counts (--decode-workers) and kinds (--decode-kinds: threads, processes).
+alternates worker counts (--decode-workers) and kinds (--decode-kinds: threads, processes, and
+"independent": N separate one-worker extractions side by side, each with its own calling
+process — what this machine gives N decoders with nothing shared, the ceiling for the others).
 --copies N runs on N copies of each video (the 6 shared clips alone take ~1.5 s per run).
 --allocator-ab compares glibc's defaults with `configure_allocator()` (system CPU, page faults).
 
@@ -225,13 +227,32 @@ def _pss_kib(pid: int) -> int:
 
 def end_to_end(inputs, out: Path, env: Optional[Dict[str, str]] = None, **kw) -> dict:
     """Run extract in a fresh subprocess (so ru_maxrss, CPU times and page faults are this run's)."""
+    return _result(_spawn(inputs, out, env, **kw))
+
+
+def side_by_side(n: int, inputs, out: Path, **kw) -> dict:
+    """`n` one-worker extractions at once, each in its own process: clips/s summed."""
+    procs = [_spawn(inputs, out.with_name(f"{out.stem}_{i}{out.suffix}"), None, **dict(kw, workers=1))
+             for i in range(n)]
+    runs = [_result(p) for p in procs]
+    total = {k: sum(r[k] for r in runs) for k in ("clips", "user_s", "sys_s", "minor_faults", "parent_cpu_run_s")}
+    return {**runs[0], **total, "clips_per_s": sum(r["clips_per_s"] for r in runs),
+            "maxrss_kib": max(r["maxrss_kib"] for r in runs), "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+            "sys_over_user": total["sys_s"] / total["user_s"] if total["user_s"] else 0.0}
+
+
+def _spawn(inputs, out: Path, env: Optional[Dict[str, str]], **kw) -> "subprocess.Popen[str]":
     args = dict(inputs=[str(i) for i in inputs], output=str(out), overwrite=True, **kw)
     child = _CHILD.format(repo=str(REPO), scripts=str(REPO / "scripts"))
-    p = subprocess.run([sys.executable, "-c", child, json.dumps(args)], capture_output=True, text=True,
-                       env={**os.environ, **(env or {})})
+    return subprocess.Popen([sys.executable, "-c", child, json.dumps(args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+
+
+def _result(p: "subprocess.Popen[str]") -> dict:
+    stdout, stderr = p.communicate()
     if p.returncode != 0:
-        raise SystemExit(f"extract failed:\n{p.stderr[-3000:]}")
-    r = json.loads(p.stdout.strip().splitlines()[-1])
+        raise SystemExit(f"extract failed:\n{stderr[-3000:]}")
+    r = json.loads(stdout.strip().splitlines()[-1])
     r["clips_per_s"] = r["clips"] / r["run_seconds"] if r["run_seconds"] else 0.0
     r["peak_rss_mib"] = r["maxrss_kib"] / 1024
     r["sys_over_user"] = r["sys_s"] / r["user_s"] if r["user_s"] else 0.0
@@ -271,7 +292,8 @@ def main() -> None:
                     help="instead: N rounds of the decode-bound run (a C3D-shaped model that does no work) "
                          "alternating --decode-workers")
     ap.add_argument("--decode-workers", default="1,2", help="worker counts for --decode-bound")
-    ap.add_argument("--decode-kinds", default="thread,process", help="worker kinds for --decode-bound")
+    ap.add_argument("--decode-kinds", default="thread,process,independent",
+                    help="worker kinds for --decode-bound (independent: N one-worker runs side by side)")
     ap.add_argument("--copies", type=int, default=1, help="run on N copies of each of --videos")
     args = ap.parse_args()
     from c3dfeat.runtime import default_batch_size
@@ -293,8 +315,11 @@ def main() -> None:
         runs: Dict[tuple, List[float]] = {(k, w): [] for k in kinds for w in counts}
         for _ in range(args.decode_bound):
             for kind, w in runs:  # alternating: load drift hits every setting alike
-                r = end_to_end([args.videos], out, **dict(common, workers=w, worker_kind=kind, null_model=True,
-                                                          models=[], sample_pss=False))
+                run = dict(common, null_model=True, models=[], sample_pss=False)
+                if kind == "independent":  # w separate one-worker runs (decode processes) at once
+                    r = side_by_side(w, [args.videos], out, **dict(run, worker_kind="process"))
+                else:
+                    r = end_to_end([args.videos], out, **dict(run, workers=w, worker_kind=kind))
                 runs[kind, w].append(r["clips_per_s"])
                 per_clip = r["parent_cpu_run_s"] / max(1, r["clips"])
                 print(_line(f"decode-bound, {w} {kind} worker(s)", r)
