@@ -48,7 +48,7 @@ import torch
 from c3dfeat.errors import ConfigError
 
 __all__ = ["opencv_linear_coefficients", "resize_linear_uint8", "resize_linear_uint8_reference", "resize_engine",
-           "RESIZE_ENV"]
+           "opencv_disagreement", "RESIZE_ENV"]
 
 RESIZE_ENV = "C3DFEAT_RESIZE"  # auto (default) | opencv | numpy
 # cv::resize splits its output into dst.total() / 2**16 stripes: below this it runs in the calling thread.

@@ -151,9 +151,10 @@ class BatchRunner(Generic[K]):
         if self._cuda:
             self._stages[i].wait_host_free()  # the copy out of this buffer has finished: safe to refill
         buf = self._buffers[i]
-        # One plain memcpy per clip, in this thread: torch.stack's parallel copy wakes the OpenMP
-        # pool, which competes with the decoders for cores; from a decode process's buffers it
-        # cost 1.0 ms of this thread's time per C3D clip (+2.3 in the pool) against 0.19 here.
+        # One plain memcpy per clip (in this thread, or shared with the copy helpers): torch.stack's
+        # parallel copy wakes the OpenMP pool, which competes with the decoders for cores; from a
+        # decode process's buffers it cost 1.0 ms of this thread's time per C3D clip (+2.3 in the
+        # pool) against 0.19 here.
         rows = buf.numpy()
         self._copy_rows(rows, clips)
         for release in releases:  # copied: lent buffers go back before the forward pass
@@ -185,7 +186,6 @@ class BatchRunner(Generic[K]):
             # After the copies out too: a layer may be a view of the input (e.g. "input").
             done = self._stages[i].record_consumed(compute)
         return LaunchedBatch(keys, host, done)
-
 
     def _copy_rows(self, rows: np.ndarray, clips: Sequence[torch.Tensor]) -> None:
         """rows[k] = clips[k], in this thread or split with the copy helpers."""
