@@ -22,6 +22,7 @@ from c3dfeat.store import FeatureFile
 from c3dfeat.video import open_video
 from tests._extract_tiny import tiny_models  # noqa: F401  (fixture)
 from tests.synth import make_video
+from tests.test_pipeline import _clips
 
 N_GPUS = torch.cuda.device_count() if torch.cuda.is_available() else 0
 DEVICES = [
@@ -31,11 +32,6 @@ DEVICES = [
     pytest.param("cuda:1", id="cuda1", marks=pytest.mark.skipif(N_GPUS < 2, reason="needs 2 CUDA GPUs")),
 ]
 needs_cuda = pytest.mark.skipif(N_GPUS < 1, reason="needs a CUDA GPU")
-
-
-def _random_clips(n, shape, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.rand(shape, generator=g) for _ in range(n)]
 
 
 def _direct(model, clips, batch_size, device):
@@ -71,7 +67,7 @@ def _all_in_flight(runner, clips):
 def test_batches_in_flight_equal_direct_computation(device):
     dev = torch.device(device)
     model = prepare_model(ModelRequest("tiny3d", ("conv", "input")), device=dev, random_init=True)
-    clips = _random_clips(9, model.clip_shape)
+    clips = _clips(9, shape=model.clip_shape)
     got = _all_in_flight(BatchRunner(model, 2, dev), clips)  # 5 batches, the last one padded
     want = _direct(model, clips, 2, dev)
     assert sorted(got) == list(range(9))
@@ -85,7 +81,7 @@ def test_c3d_batches_in_flight_equal_direct_computation(device):
     """A real network (its forward pass takes longer than the next upload)."""
     dev = torch.device(device)
     model = prepare_model(ModelRequest("c3d", ("fc6",)), device=dev, random_init=True)
-    clips = _random_clips(5, model.clip_shape, seed=1)
+    clips = _clips(5, seed=1, shape=model.clip_shape)
     got = _all_in_flight(BatchRunner(model, 2, dev), clips)
     want = _direct(model, clips, 2, dev)
     for k in range(5):
