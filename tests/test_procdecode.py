@@ -44,16 +44,34 @@ def _run(d, out, **kw):
     return extract([d], out, kw.pop("models", MODELS), random_init=True, device="cpu", **kw)
 
 
+def _count_batches_in_place(monkeypatch) -> list:
+    """[batches run in place from a decode process's ring] per runner closed from now on."""
+    from c3dfeat.pipeline.batching import BatchRunner
+
+    counts: list = []
+    close = BatchRunner.close
+
+    def counting_close(self) -> None:
+        counts.append(self.batches_in_place)
+        close(self)
+
+    monkeypatch.setattr(BatchRunner, "close", counting_close)
+    return counts
+
+
 def _run_attr(path) -> dict:
     with h5py.File(path, "r") as f:
         return json.loads(f.attrs["run"])
 
 
 @pytest.mark.parametrize("workers,batch_size", [(1, 1), (2, 3)])
-def test_processes_give_the_threads_file(tmp_path, videos, workers, batch_size):
+def test_processes_give_the_threads_file(tmp_path, videos, workers, batch_size, monkeypatch):
     threads, procs = tmp_path / "threads.h5", tmp_path / "procs.h5"
     rt = _run(videos, threads, workers=workers, batch_size=batch_size, worker_kind="thread")
+    in_place = _count_batches_in_place(monkeypatch)
     rp = _run(videos, procs, workers=workers, batch_size=batch_size, worker_kind="process")
+    # batches from one ring's consecutive buffers ran there, without a copy (pipeline.ring)
+    assert len(in_place) == 2 and all(n > 0 for n in in_place), in_place
     _assert_same_datasets(procs, threads)
     _assert_same_datasets(threads, procs)
     assert (rp.ok, rp.clips, rp.failed) == (rt.ok, rt.clips, rt.failed) and rp.ok == 5
@@ -295,7 +313,9 @@ def test_opencv_resize_in_decode_processes_equals_the_reference(tmp_path, monkey
     with monkeypatch.context() as m:
         m.setattr(resize, "_engine", False)  # the numpy reproduction, in this process's threads
         _run(tmp_path / "v", reference, models=models, workers=2, batch_size=2, worker_kind="thread")
+    in_place = _count_batches_in_place(monkeypatch)
     _run(tmp_path / "v", forked, models=models, workers=2, batch_size=2, worker_kind="process")
     _assert_same_datasets(forked, reference)
+    assert in_place[0] > 0  # C3D's real forward pass on a ring's memory: the same bits
     with FeatureFile(forked) as f:
         assert f.clips("x.mp4", "c3d", "fc6").shape == (3, 4096)

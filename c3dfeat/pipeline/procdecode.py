@@ -8,15 +8,16 @@ cores a GPU machine gives its decoders. A forked child has its own interpreter.
     for msg in proc.decode(task): ...              # the same messages as decode_video(task, ...)
     proc.close()
 
-Each child owns, per model, a ring of clip buffers in shared memory (anonymous shared mappings
-made before the fork, so both sides map the same pages: no per-clip allocation or page faults, no
-/dev/shm file), a busy flag per buffer and a semaphore counting the free ones. The child decodes
-with `decode_video`, copies each clip into a free buffer and sends small tuples over a pipe, half
-a ring's worth per message (fewer wakeups of the parent). The parent hands that buffer itself to
-the batch (`ClipReady.tensor` is a view of it) and frees it through `ClipReady.release` once the
-batch has copied it: one copy of a clip in the parent, into its batch. A ring holds two batches
-and two clips (`slots_for`), so the child runs that far ahead and the bounded queues downstream
-still bound memory.
+Each child owns, per model, a ring of clip buffers in shared memory (pipeline.ring: mapped before
+the fork, so both sides use the same pages: no per-clip allocation or page faults, no /dev/shm
+file), a busy flag per buffer and a semaphore counting the free ones. The child decodes with
+`decode_video`, copies each clip into a free buffer and sends small tuples over a pipe, half a
+ring's worth per message (fewer wakeups of the parent). The parent lends that buffer itself to the
+batch (`ClipReady.tensor` is a view of it, `ClipReady.release` a `SlotLoan` that frees it). On a
+CPU device a batch of one child's consecutive buffers runs where it lies (the ring is mirrored so
+that this holds across its wrap too); otherwise the batch copies each clip and frees its buffer:
+at most one copy of a clip in the parent. A ring holds two batches and two clips (`slots_for`), so
+the child runs that far ahead and the bounded queues downstream still bound memory.
 
 A consumer may hold buffers while it waits for more clips (a batch being filled), and a child
 with no free buffer waits for the consumer: before the consumer blocks on its input it must copy
@@ -42,9 +43,7 @@ processes where decoding is the bottleneck (`resolve_worker_kind`).
 from __future__ import annotations
 
 import ctypes
-import functools
 import math
-import mmap
 import multiprocessing
 import os
 import pickle
@@ -52,9 +51,8 @@ import signal
 import sys
 import traceback
 from multiprocessing.connection import Connection
-from typing import Any, Callable, Generator, List, Optional, Sequence, Tuple
+from typing import Any, Generator, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 
 from c3dfeat.errors import VideoDecodeError
@@ -68,6 +66,7 @@ from c3dfeat.pipeline.decode import (
     decode_video,
 )
 from c3dfeat.pipeline.plan import PreparedModel
+from c3dfeat.pipeline.ring import ClipRing
 from c3dfeat.specs import WORKER_KINDS
 from c3dfeat.store import VideoRecord
 
@@ -127,45 +126,6 @@ def slots_for(batch_size: int, clip_shape: Sequence[int]) -> int:
     return max(MIN_SLOTS, min(2 * batch_size + 2, by_size))
 
 
-class _Ring:
-    """One child's clip buffers for one model (module docstring): `data[slot]` is written by the
-    child after `take`, read by the parent, and freed by the parent's `release(slot)`."""
-
-    def __init__(self, ctx: Any, clip_shape: Sequence[int], slots: int) -> None:
-        # Anonymous shared mappings made before the fork: the child writes into the very pages the
-        # parent reads. Not /dev/shm files (torch's share_memory_): containers often cap /dev/shm
-        # at 64 MiB, and a write past the cap is a SIGBUS, not an error.
-        self._data_map = mmap.mmap(-1, slots * _numel(clip_shape) * 4)
-        self.data = torch.frombuffer(self._data_map, dtype=torch.float32).view((slots,) + tuple(clip_shape))
-        self._busy_map = mmap.mmap(-1, slots)
-        self.busy = np.frombuffer(self._busy_map, dtype=np.uint8)  # 1: written by the child, not yet released
-        self.free = ctx.Semaphore(slots)
-        self.slots = slots
-
-    def take(self, hint: int, before_waiting: Callable[[], None]) -> int:
-        """Child: claim a free buffer (the first from `hint` on); if there is none, call
-        `before_waiting` (send what the parent has not seen: it frees buffers) and wait."""
-        if not self.free.acquire(block=False):
-            before_waiting()
-            self.free.acquire()
-        for k in range(self.slots):
-            slot = (hint + k) % self.slots
-            if not self.busy[slot]:
-                self.busy[slot] = 1
-                return slot
-        raise RuntimeError("internal error: a decode ring's semaphore and flags disagree")
-
-    def release(self, slot: int) -> None:
-        """Parent: the consumer is done with `data[slot]`. The flag goes first: the semaphore
-        is what the child waits on."""
-        self.busy[slot] = 0
-        self.free.release()
-
-    def starved(self) -> bool:
-        """Parent: the child has no free buffer left (it waits, or will at its next clip)."""
-        return int(self.free.get_value()) == 0
-
-
 class DecodeProcess:
     """One forked child that decodes the tasks its parent thread sends it (module docstring).
     `batch_size` sizes the rings (`slots_for`)."""
@@ -175,11 +135,12 @@ class DecodeProcess:
         self.models = list(models)
         self.decoder = decoder
         self.decode_options = dict(decode_options or {})
+        self.batch_size = batch_size
         self.slots = [slots_for(batch_size, m.clip_shape) for m in self.models]
         self._ctx = multiprocessing.get_context("fork")
         self._process: Optional[Any] = None
         self._conn: Optional[Connection] = None
-        self._rings: List[_Ring] = []
+        self._rings: List[ClipRing] = []
         self.deaths_in_a_row = 0
         _preload_decoder(decoder)
         self._start()
@@ -207,7 +168,7 @@ class DecodeProcess:
                 if type(msg) is tuple and msg[0] == _CLIPS:
                     for seq, m, clip, slot in msg[1]:
                         ring = self._rings[m]
-                        yield ClipReady(seq, m, clip, ring.data[slot], functools.partial(ring.release, slot))
+                        yield ClipReady(seq, m, clip, ring.data[slot], ring.loan(slot))
                     continue
                 if type(msg) is tuple and msg[0] == _CRASH:
                     finished = True
@@ -258,7 +219,8 @@ class DecodeProcess:
     def _start(self) -> None:
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
         # Fresh rings for every child: buffers of a dead one may still sit in a batch.
-        self._rings = [_Ring(self._ctx, m.clip_shape, n) for m, n in zip(self.models, self.slots)]
+        self._rings = [ClipRing(self._ctx, m.clip_shape, n, window=self.batch_size)
+                       for m, n in zip(self.models, self.slots)]
         proc = self._ctx.Process(target=_child_main, name="c3dfeat-decode-proc", daemon=True,
                                  args=(child_conn, os.getpid(), self.models, self.decoder, self.decode_options,
                                        self._rings))
@@ -337,7 +299,7 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _child_main(conn: Connection, parent: int, models: Sequence[PreparedModel], decoder: str, decode_options: dict,
-                rings: Sequence[_Ring]) -> None:
+                rings: Sequence[ClipRing]) -> None:
     """The child: decode each task received, clips into the rings, messages up the pipe."""
     # Ctrl-C, and a batch system's SIGTERM, reach the whole process group: the parent decides what
     # stops and kills us. Dying of them here would record the video being read as failed.
