@@ -18,7 +18,8 @@ Measures, for one model and batch size:
 decode + sampling + transform + batching + store, the most a GPU could be fed per worker; it
 alternates worker counts (--decode-workers) and kinds (--decode-kinds: threads, processes, and
 "independent": N separate one-worker extractions side by side, each with its own calling
-process — what this machine gives N decoders with nothing shared, the ceiling for the others).
+process; "bare": N processes that only run `decode_video`, with no calling process, batching or
+store — what this machine gives N decoders, the ceiling for the others).
 --copies N runs on N copies of each video (the 6 shared clips alone take ~1.5 s per run).
 --allocator-ab compares glibc's defaults with `configure_allocator()` (system CPU, page faults).
 
@@ -179,6 +180,31 @@ print(json.dumps({{"clips": r.clips, "run_seconds": r.run_seconds, "ok": r.ok, "
 """
 
 
+_BARE = """
+import json, resource, sys, time
+from pathlib import Path
+sys.path.insert(0, {repo!r})
+sys.path.insert(0, {scripts!r})
+import torch
+torch.set_num_threads(1)  # as in a decode process
+from bench_extract import register_null_model
+from c3dfeat.pipeline.decode import ClipReady, VideoTask, decode_video
+from c3dfeat.pipeline.plan import ModelRequest, prepare_model
+kw = json.loads(sys.argv[1])
+model = prepare_model(ModelRequest(register_null_model()), device=torch.device("cpu"), random_init=True)
+paths = sorted(p for folder in kw["inputs"] for p in Path(folder).iterdir() if p.is_file())
+t0, clips = time.perf_counter(), 0
+for i, path in enumerate(paths):
+    for msg in decode_video(VideoTask(i, path.name, path, input_index=i), [model], kw.get("decoder", "pyav")):
+        clips += isinstance(msg, ClipReady)
+seconds = time.perf_counter() - t0
+ru = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({{"clips": clips, "run_seconds": seconds, "ok": len(paths), "failed": 0,
+                  "maxrss_kib": ru.ru_maxrss, "child_maxrss_kib": 0, "peak_pss_kib": 0, "parent_cpu_run_s": 0.0,
+                  "user_s": ru.ru_utime, "sys_s": ru.ru_stime, "minor_faults": ru.ru_minflt}}))
+"""
+
+
 class PssSampler:
     """Peak total PSS of this process and its children (decode processes), sampled every 0.5 s
     (reading smaps costs CPU): RSS counts the pages a forked child shares with its parent twice,
@@ -230,20 +256,23 @@ def end_to_end(inputs, out: Path, env: Optional[Dict[str, str]] = None, **kw) ->
     return _result(_spawn(inputs, out, env, **kw))
 
 
-def side_by_side(n: int, inputs, out: Path, **kw) -> dict:
-    """`n` one-worker extractions at once, each in its own process: clips/s summed."""
-    procs = [_spawn(inputs, out.with_name(f"{out.stem}_{i}{out.suffix}"), None, **dict(kw, workers=1))
+def side_by_side(n: int, inputs, out: Path, script: str = _CHILD, **kw) -> dict:
+    """`n` one-worker extractions at once, each in its own process: all their clips over the
+    longest one's run time (summing each run's own clips/s would credit the last one running
+    alone, on a core the others had left, as if it had shared)."""
+    procs = [_spawn(inputs, out.with_name(f"{out.stem}_{i}{out.suffix}"), None, script, **dict(kw, workers=1))
              for i in range(n)]
     runs = [_result(p) for p in procs]
     total = {k: sum(r[k] for r in runs) for k in ("clips", "user_s", "sys_s", "minor_faults", "parent_cpu_run_s")}
-    return {**runs[0], **total, "clips_per_s": sum(r["clips_per_s"] for r in runs),
+    longest = max(r["run_seconds"] for r in runs)
+    return {**runs[0], **total, "clips_per_s": total["clips"] / longest if longest else 0.0,
             "maxrss_kib": max(r["maxrss_kib"] for r in runs), "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
             "sys_over_user": total["sys_s"] / total["user_s"] if total["user_s"] else 0.0}
 
 
-def _spawn(inputs, out: Path, env: Optional[Dict[str, str]], **kw) -> "subprocess.Popen[str]":
+def _spawn(inputs, out: Path, env: Optional[Dict[str, str]], script: str = _CHILD, **kw) -> "subprocess.Popen[str]":
     args = dict(inputs=[str(i) for i in inputs], output=str(out), overwrite=True, **kw)
-    child = _CHILD.format(repo=str(REPO), scripts=str(REPO / "scripts"))
+    child = script.format(repo=str(REPO), scripts=str(REPO / "scripts"))
     return subprocess.Popen([sys.executable, "-c", child, json.dumps(args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
 
@@ -292,8 +321,9 @@ def main() -> None:
                     help="instead: N rounds of the decode-bound run (a C3D-shaped model that does no work) "
                          "alternating --decode-workers")
     ap.add_argument("--decode-workers", default="1,2", help="worker counts for --decode-bound")
-    ap.add_argument("--decode-kinds", default="thread,process,independent",
-                    help="worker kinds for --decode-bound (independent: N one-worker runs side by side)")
+    ap.add_argument("--decode-kinds", default="thread,process,independent,bare",
+                    help="worker kinds for --decode-bound (independent: N one-worker runs side by side; "
+                         "bare: N processes running decode_video alone)")
     ap.add_argument("--copies", type=int, default=1, help="run on N copies of each of --videos")
     args = ap.parse_args()
     from c3dfeat.runtime import default_batch_size
@@ -318,12 +348,14 @@ def main() -> None:
                 run = dict(common, null_model=True, models=[], sample_pss=False)
                 if kind == "independent":  # w separate one-worker runs (decode processes) at once
                     r = side_by_side(w, [args.videos], out, **dict(run, worker_kind="process"))
+                elif kind == "bare":  # w processes that only run decode_video: no calling process at all
+                    r = side_by_side(w, [args.videos], out, _BARE, decoder=args.decoder)
                 else:
                     r = end_to_end([args.videos], out, **dict(run, workers=w, worker_kind=kind))
                 runs[kind, w].append(r["clips_per_s"])
                 per_clip = r["parent_cpu_run_s"] / max(1, r["clips"])
-                print(_line(f"decode-bound, {w} {kind} worker(s)", r)
-                      + f"; calling process {1e3 * per_clip:.2f} CPU ms per clip", flush=True)
+                calling = f"; calling process {1e3 * per_clip:.2f} CPU ms per clip" if kind != "bare" else ""
+                print(_line(f"decode-bound, {w} {kind} worker(s)", r) + calling, flush=True)
         med = {key: statistics.median(v) for key, v in runs.items()}
         for kind, w in runs:
             base = med[kind, counts[0]]
