@@ -13,3 +13,12 @@ def rng():
     import numpy as np
 
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def commit_each_video(monkeypatch):
+    """Write every finished video at once (as before commits were grouped): for tests that use
+    a "commit" event as a point in the middle of a run."""
+    from c3dfeat.pipeline import assemble
+
+    monkeypatch.setattr(assemble, "COMMIT_SECONDS", 0.0)

@@ -131,7 +131,7 @@ def test_worker_crash_reaches_the_main_thread_even_with_a_full_queue(tmp_path, v
 
 
 # ----------------------------------------------------------------------------- interrupts, progress
-def test_ctrl_c_closes_the_file_and_reports_what_was_saved(tmp_path, videos):
+def test_ctrl_c_closes_the_file_and_reports_what_was_saved(tmp_path, videos, commit_each_video):
     out = tmp_path / "f.h5"
 
     def interrupt_after_first_commit(p: Progress) -> None:

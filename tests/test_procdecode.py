@@ -80,7 +80,7 @@ def test_processes_give_the_threads_file(tmp_path, videos, workers, batch_size, 
     assert not multiprocessing.active_children()
 
 
-def test_resume_across_worker_kinds(tmp_path, videos):
+def test_resume_across_worker_kinds(tmp_path, videos, commit_each_video):
     out, ref = tmp_path / "f.h5", tmp_path / "ref.h5"
     _run(videos, ref, worker_kind="thread", batch_size=1)
 
@@ -171,7 +171,7 @@ def test_auto_is_recorded_as_what_ran(tmp_path, videos):
     assert _run_attr(tmp_path / "b.h5")["worker_kind"] == "process"
 
 
-def test_a_signal_to_a_decode_process_alone_changes_nothing(tmp_path, videos):
+def test_a_signal_to_a_decode_process_alone_changes_nothing(tmp_path, videos, commit_each_video):
     """SIGTERM/SIGINT reaching a child (a group signal, `pkill -f` matching the parent's command
     line, which children share) must not stop or fail anything: the parent decides."""
     import time

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from c3dfeat.errors import ConfigError
-from c3dfeat.pipeline.assemble import VideoAssembler
+from c3dfeat.pipeline.assemble import CommitGroup, ReadyVideo, VideoAssembler
 from c3dfeat.pipeline.decode import VideoFailed, VideoStart, VideoTask
 from c3dfeat.pipeline.plan import (
     Crops,
@@ -65,8 +65,6 @@ __all__ = ["extract_ray"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 _BLOCK_BYTES = 16 << 20  # Ray Data block target: a few C3D clips (2.4 MB each) per block
-_COMMIT_VIDEOS = 64  # finished videos committed by one writer call (scripts/bench_ray.py --driver)
-_COMMIT_SECONDS = 1.0  # ... or when the oldest has waited this long
 _CALL_BYTES = 128 << 20  # clip bytes per inference actor call ...
 _MAX_BATCHES_PER_CALL = 16  # ... as at most this many model batches
 _NO_NET: Any = None  # decode tasks get the models without their networks
@@ -295,13 +293,13 @@ def _commit_stream(stream: Any, todo: Sequence[VideoTask], prepared: Sequence[Pr
                    report: ExtractReport, progress: Optional[Callable[[Progress], None]], t0: float) -> None:
     """Drain the dataset; commit finished videos in input order (the in-process protocol).
 
-    Finished videos are committed together, up to `_COMMIT_VIDEOS` at a time or after
-    `_COMMIT_SECONDS`: one ``add_videos`` call costs about what one ``add_video`` does, and the
-    single writer is the ceiling of a cluster run (docs/scale.md).
+    Finished videos are committed together (assemble.CommitGroup: up to 64 at a time, or once
+    the oldest has waited 1 s): one ``add_videos`` call costs about what one ``add_video`` does,
+    and the single writer is the ceiling of a cluster run (docs/scale.md;
+    scripts/bench_ray.py --driver).
     """
     collector = _Collector(prepared, len(todo))
-    ready: List[Any] = []
-    oldest = 0.0
+    group = CommitGroup()
     committed = 0
 
     def emit(event: str, current: str) -> None:
@@ -309,7 +307,7 @@ def _commit_stream(stream: Any, todo: Sequence[VideoTask], prepared: Sequence[Pr
             progress(Progress(report.skipped + committed, report.total, len(report.failed), report.clips,
                               collector.planned, time.monotonic() - t0, current, event))
 
-    def commit() -> None:
+    def commit(ready: List[ReadyVideo]) -> None:
         nonlocal committed
         writer.add_videos([(r.record, r.results) for r in ready])
         for r in ready:
@@ -319,7 +317,6 @@ def _commit_stream(stream: Any, todo: Sequence[VideoTask], prepared: Sequence[Pr
             else:
                 report.ok += 1
             emit("commit", r.record.id)
-        ready.clear()
 
     for batch in stream.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
         cols = (batch["seq"], batch["kind"], batch["model"], batch["clip"], batch["end"], batch["meta"], batch["data"])
@@ -331,17 +328,15 @@ def _commit_stream(stream: Any, todo: Sequence[VideoTask], prepared: Sequence[Pr
                 emit("start", started)
         if report.clips != clips_before:
             emit("batch", "")
-        if ready and time.monotonic() - oldest >= _COMMIT_SECONDS:
-            commit()  # what has waited long enough, before adding what this batch finished
+        if group.due():
+            commit(group.take())  # what has waited long enough, before adding what this batch finished
         for video in collector.assembler.pop_ready():
             collector.forget(video.seq)
-            if not ready:
-                oldest = time.monotonic()
-            ready.append(video)
-        if len(ready) >= _COMMIT_VIDEOS:
-            commit()
-    if ready:
-        commit()
+            group.add(video)
+        if len(group) >= group.max_videos:
+            commit(group.take())
+    if len(group):
+        commit(group.take())
     if not collector.assembler.finished:
         raise RuntimeError(f"internal error: the Ray stream ended with {len(todo) - collector.assembler.head} "
                            "videos uncommitted")

@@ -14,11 +14,15 @@ Steps, each a method:
   `max_pending` videos are in flight past the last commit, so buffered features stay bounded.
 * **batch** (`batch`): a clip goes into its model's :class:`BatchRunner`; a full batch runs.
 * **run** (`run_batch`): the forward pass; the features are scattered to their videos.
-* **commit** (`commit`): finished videos go to the writer strictly in input order.
+* **commit** (`commit`): finished videos go to the writer strictly in input order, in groups
+  (:class:`~c3dfeat.pipeline.assemble.CommitGroup`: up to 64 videos, or once the oldest has
+  waited 1 s, sooner if the group would hold up the decoders); whatever waits is written when
+  the run stops (Ctrl-C, SIGTERM, a bug), so only a killed process loses finished videos.
 
 When the queue is empty the main thread runs a partial (zero-padded) batch only if the next
 commit waits for it, gives back the lent clips of a decode process that has none left, then
-blocks on the queue: no polling. Every worker ends with a message
+blocks on the queue until a message comes or the waiting group falls due: no polling. Every
+worker ends with a message
 (done or crashed), so a bug in a worker always reaches the main thread, with its traceback.
 """
 from __future__ import annotations
@@ -32,7 +36,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from c3dfeat.pipeline.assemble import VideoAssembler
+from c3dfeat.pipeline.assemble import CommitGroup, ReadyVideo, VideoAssembler
 from c3dfeat.pipeline.batching import BatchRunner, LaunchedBatch
 from c3dfeat.pipeline.decode import ClipReady, VideoEnd, VideoFailed, VideoStart, VideoTask, decode_video
 from c3dfeat.pipeline.plan import PreparedModel
@@ -104,7 +108,13 @@ class LocalScheduler:
         self._inflight: Deque[Tuple[int, LaunchedBatch[ClipKey]]] = collections.deque()
         self._queue: "queue.Queue[Any]" = queue.Queue(maxsize=max(4, 2 * batch_size * len(self.models)))
         self._stop = threading.Event()
-        self._pending = threading.Semaphore(max_pending or max(16, 4 * workers))
+        max_pending = max_pending or max(16, 4 * workers)
+        self._pending = threading.Semaphore(max_pending)
+        # Finished videos are written in groups (assemble.CommitGroup). They keep their places in
+        # `max_pending` until written, so a group is written before it could hold up the decoders
+        # (a decoder is at about 2 videos past the head: decoding one, its clips waiting in a batch).
+        self._group = CommitGroup(max_videos=max_pending - 2 * workers)
+        self._written = 0  # videos written by this run
         self._claim_lock = threading.Lock()
         self._next_task = 0
         self._workers_left = workers
@@ -134,9 +144,25 @@ class LocalScheduler:
                             "internal error: decoding ended before every video was committed"
                         ) from None
                     self._give_back_if_starved()
-                    msg = self._queue.get()
+                    try:  # wakes up when the waiting group falls due, also if nothing arrives
+                        msg = self._queue.get(timeout=self._group.seconds_left())
+                    except queue.Empty:
+                        self.commit()
+                        continue
                 self._handle(msg)
             self._collect(all_batches=True)
+            self.commit(force=True)
+        except BaseException as stop:
+            # Ctrl-C, SIGTERM or a bug: the finished videos are still written, so a rerun skips
+            # them. (The group is empty while a write is under way: a write cut short is never
+            # followed by another, whose rows would land behind the ones reopening cuts back.)
+            if len(self._group):
+                waiting = self._group.take()
+                try:
+                    self._write(waiting, announce=False)
+                except Exception as e:  # noqa: BLE001 - the first error is the one to report
+                    stop.add_note(f"the {len(waiting)} finished videos waiting to be written were lost: {e}")
+            raise
         finally:
             self._shutdown()
 
@@ -245,22 +271,27 @@ class LocalScheduler:
             self._emit("batch", self.tasks[launched.keys[-1][0]].id if launched.keys else "")
         return got
 
-    def commit(self) -> None:
-        """commit: write every finished video at the head, in input order, in one writer call —
-        one HDF5 commit costs about the same for one video or many, so when this thread is the
-        bottleneck (a fast GPU, short videos) the videos that finished meanwhile share it."""
-        ready = list(self.assembler.pop_ready())
-        if not ready:
-            return
+    def commit(self, force: bool = False) -> None:
+        """commit: the finished videos at the head join the waiting group, in input order; the
+        group is written in one writer call when it is due (assemble.CommitGroup: 64 videos or
+        1 s) or `force`d — one HDF5 commit costs about the same for one video or many."""
+        for video in self.assembler.pop_ready():
+            self._group.add(video)
+        if len(self._group) and (force or self._group.due()):
+            self._write(self._group.take())
+
+    def _write(self, ready: List[ReadyVideo], announce: bool = True) -> None:
         self.writer.add_videos([(r.record, r.results) for r in ready])
+        self._written += len(ready)
         for r in ready:
             if r.failed:
                 self.report.failed.append((r.record.id, r.record.error))
             else:
                 self.report.ok += 1
             self._pending.release()
-        for r in ready:
-            self._emit("commit", r.record.id)
+        if announce:
+            for r in ready:
+                self._emit("commit", r.record.id)
 
     # ------------------------------------------------------------------ helpers
     def _give_back_if_starved(self) -> None:
@@ -277,7 +308,7 @@ class LocalScheduler:
             return
         r = self.report
         self.progress(Progress(
-            videos_done=r.skipped + self.assembler.head, videos_total=r.total, failed=len(r.failed),
+            videos_done=r.skipped + self._written, videos_total=r.total, failed=len(r.failed),
             clips_done=r.clips, clips_planned=self.clips_planned, elapsed=time.monotonic() - self.t0,
             current=current, event=event,
         ))
