@@ -146,6 +146,7 @@ def _mirrored_memory(size: int, mirror: int) -> Optional[Any]:
     finally:
         os.close(fd)  # the mappings keep the memory
     buffer = (ctypes.c_char * total).from_address(base)
-    # torch.frombuffer keeps `buffer` alive while a tensor uses it; unmap only after that
-    weakref.finalize(buffer, libc.munmap, base, total)
+    # torch.frombuffer keeps `buffer` alive while a tensor uses it; unmap only after that, and not
+    # at interpreter exit (a daemon thread may still read it then; the OS unmaps at exit anyway)
+    weakref.finalize(buffer, libc.munmap, base, total).atexit = False
     return buffer
