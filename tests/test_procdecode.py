@@ -319,3 +319,75 @@ def test_opencv_resize_in_decode_processes_equals_the_reference(tmp_path, monkey
     assert in_place[0] > 0  # C3D's real forward pass on a ring's memory: the same bits
     with FeatureFile(forked) as f:
         assert f.clips("x.mp4", "c3d", "fc6").shape == (3, 4096)
+
+
+class _Sentinel:
+    """Garbage in a reference cycle whose finalizer says in which process it ran."""
+
+    def __init__(self, log) -> None:
+        self.log = log
+        self.me = self
+
+    def __del__(self) -> None:
+        with open(self.log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+
+
+def _decode_all(proc, videos) -> int:
+    from c3dfeat.pipeline.decode import ClipReady, VideoTask
+
+    n = 0
+    for msg in proc.decode(VideoTask(0, "a.mp4", videos / "a.mp4")):
+        if isinstance(msg, ClipReady):
+            msg.release()
+            n += 1
+    return n
+
+
+@pytest.fixture
+def collecting_children(monkeypatch):
+    """Decode processes that run their garbage collector before each video, as they will sooner or
+    later; the parent's collector off while a test makes garbage (it is back on afterwards)."""
+    import gc
+
+    def collecting_decode(task, models, decoder="pyav", **kw):
+        gc.collect()
+        yield from decode_video(task, models, decoder, **kw)
+
+    monkeypatch.setattr(procdecode, "decode_video", collecting_decode)  # inherited by the fork
+    gc.disable()
+    yield
+    gc.enable()
+
+
+def test_garbage_is_collected_in_the_parent_before_a_decode_process_forks(tmp_path, videos, collecting_children):
+    """An object owning native threads, destroyed in a forked child, can wait forever for threads
+    that do not exist there (a PyAV decoder's slice threads hung a CI run): garbage goes first."""
+    log = tmp_path / "finalized"
+    _Sentinel(log)  # garbage: only the cycle collector frees it
+    proc = procdecode.DecodeProcess([_tiny_prepared()], "pyav", None, batch_size=1)
+    try:
+        assert log.read_text().split() == [str(os.getpid())]  # freed here, at the fork
+        assert _decode_all(proc, videos) > 0
+    finally:
+        proc.close()
+    assert log.read_text().split() == [str(os.getpid())]
+
+
+def test_a_decode_process_never_collects_what_it_inherited(tmp_path, videos, collecting_children, monkeypatch):
+    """The other half: garbage made after the parent's collection (another thread, say) is left
+    alone by the child's collector."""
+    import gc
+    import types
+
+    monkeypatch.setattr(procdecode, "gc", types.SimpleNamespace(collect=lambda: 0, freeze=gc.freeze))
+    log = tmp_path / "finalized"
+    _Sentinel(log)
+    proc = procdecode.DecodeProcess([_tiny_prepared()], "pyav", None, batch_size=1)
+    try:
+        assert _decode_all(proc, videos) > 0
+    finally:
+        proc.close()
+    assert not log.exists()  # nothing was finalized in the child (nor, yet, here)
+    gc.collect()
+    assert log.read_text().split() == [str(os.getpid())]

@@ -43,6 +43,7 @@ processes where decoding is the bottleneck (`resolve_worker_kind`).
 from __future__ import annotations
 
 import ctypes
+import gc
 import math
 import multiprocessing
 import os
@@ -224,6 +225,8 @@ class DecodeProcess:
         proc = self._ctx.Process(target=_child_main, name="c3dfeat-decode-proc", daemon=True,
                                  args=(child_conn, os.getpid(), self.models, self.decoder, self.decode_options,
                                        self._rings))
+        # Garbage is freed here, where it was made, not in the child (see _child_main).
+        gc.collect()
         proc.start()
         child_conn.close()  # so that the child's death is an EOF here
         self._process, self._conn = proc, parent_conn
@@ -306,6 +309,11 @@ def _child_main(conn: Connection, parent: int, models: Sequence[PreparedModel], 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent(parent)
+    # Never collect what the parent left: an object owning native threads (e.g. a PyAV decoder's
+    # slice threads, in a reference cycle the parent's collector had not reached yet) would be
+    # destroyed here, where its threads do not exist, and FFmpeg waits for them forever (seen:
+    # pthread_cond_destroy in avpriv_slicethread_free). Also spares the shared pages copies.
+    gc.freeze()
     # One thread: decoders scale by process; an OpenMP pool inherited through fork must not be used.
     torch.set_num_threads(1)
     next_slot = [0] * len(models)
