@@ -249,15 +249,20 @@ class ClipTransform:
             img = img.round_()
         return img
 
-    def clip(self, frames: torch.Tensor, positions: Sequence[int]) -> torch.Tensor:
+    def clip(self, frames: torch.Tensor, positions: Sequence[int], out: Optional[torch.Tensor] = None,
+             ) -> torch.Tensor:
         """Gather `positions` (indices into dim 2 of a `frames()` output, in clip order) →
-        (n_crops, 3, T, crop, crop), minus the mean cube at each clip position."""
+        (n_crops, 3, T, crop, crop), minus the mean cube at each clip position; computed into
+        `out` when given (a decode process's shared buffer: no allocation, no copy; same bits)."""
         idx = torch.as_tensor(list(positions), dtype=torch.long)
-        out = frames.index_select(2, idx)
+        if self._cube is not None and len(idx) != self._cube.shape[1]:
+            raise ConfigError(f"clip has {len(idx)} frames but the mean cube {self._cube.shape[1]}")
+        if out is None:
+            clip = frames.index_select(2, idx)
+            return clip if self._cube is None else clip - self._cube_crop().to(clip.device)
+        torch.index_select(frames, 2, idx, out=out)
         if self._cube is not None:
-            if len(idx) != self._cube.shape[1]:
-                raise ConfigError(f"clip has {len(idx)} frames but the mean cube {self._cube.shape[1]}")
-            out = out - self._cube_crop().to(out.device)
+            out.sub_(self._cube_crop().to(out.device))
         return out
 
     def __call__(self, frames: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:

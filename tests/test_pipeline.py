@@ -106,7 +106,7 @@ def test_unreadable_videos_are_recorded_and_the_run_goes_on(tmp_path):
 def test_worker_crash_reaches_the_main_thread_even_with_a_full_queue(tmp_path, videos, monkeypatch, worker_kind):
     """The crash comes after many clips, while the main thread is slow: the queue is full for
     longer than any timeout would wait, and the error still arrives."""
-    def crashing_decode(task, models, decoder="pyav", threads=1):
+    def crashing_decode(task, models, decoder="pyav", **kw):  # its clips are its own, never into a buffer
         messages = decode_video(task, models, decoder)
         start = next(messages)
         n = len(start.clips[0])

@@ -391,3 +391,26 @@ def test_a_decode_process_never_collects_what_it_inherited(tmp_path, videos, col
     assert not log.exists()  # nothing was finalized in the child (nor, yet, here)
     gc.collect()
     assert log.read_text().split() == [str(os.getpid())]
+
+
+def test_a_decode_process_computes_each_clip_straight_into_its_buffer(tmp_path, videos, monkeypatch):
+    """No clip tensor of its own and no copy: every clip a child sends is the ring buffer it was
+    computed into (decode_video's clip_buffer); the file is unchanged (the threads test above)."""
+    from c3dfeat.pipeline.decode import ClipReady
+
+    def checking_decode(task, models, decoder="pyav", clip_buffer=None, **kw):
+        assert clip_buffer is not None, "the child did not hand out its buffers"
+        handed = {}
+
+        def remembering(m):
+            handed[m] = clip_buffer(m)
+            return handed[m]
+
+        for msg in decode_video(task, models, decoder, clip_buffer=remembering, **kw):
+            if isinstance(msg, ClipReady):
+                assert msg.tensor.data_ptr() == handed.pop(msg.model).data_ptr(), "a clip was copied"
+            yield msg
+
+    monkeypatch.setattr(procdecode, "decode_video", checking_decode)  # inherited by the fork
+    rep = _run(videos, tmp_path / "f.h5", workers=2, batch_size=3, worker_kind="process")
+    assert rep.ok == 5 and rep.clips > 0

@@ -262,6 +262,9 @@ def test_pipeline_equals_direct_path(rng):
         for c in clips:
             direct = t(frames[list(c.indices)])
             assert torch.equal(t.clip(per_frame, c.indices), direct)
+            # into a given buffer (a decode process's shared one): the same bits, in place
+            buffer = torch.full_like(direct, float("nan"))
+            assert t.clip(per_frame, c.indices, out=buffer) is buffer and torch.equal(buffer, direct)
 
 
 def test_describe_and_flags():

@@ -115,7 +115,7 @@ def failure_reason(e: BaseException) -> str:
 
 def decode_video(
     task: VideoTask, models: Sequence[PreparedModel], decoder: str = "pyav", *, threads: int = 1,
-    device: str = "cpu",
+    device: str = "cpu", clip_buffer: Optional[Callable[[int], torch.Tensor]] = None,
 ) -> Generator[DecodeMessage, None, None]:
     """Messages for one video: VideoStart, ClipReady (all models, each model's clips in order),
     then VideoEnd — or VideoFailed at the point reading failed (clips already emitted are then
@@ -123,7 +123,8 @@ def decode_video(
 
     `device` = "cuda[:N]" decodes on the GPU (torchcodec only, checked beforehand by
     c3dfeat.video.check_decode_device); the frames still come to the host, where the transforms
-    run, so the clips are CPU tensors either way."""
+    run, so the clips are CPU tensors either way. `clip_buffer`: see `stream_clips` (a decode
+    process computes each clip straight into its shared buffer)."""
     from c3dfeat.video import open_video
 
     rec = VideoRecord(id=task.id, path=str(task.path), label=task.label, input_index=task.input_index)
@@ -140,7 +141,7 @@ def decode_video(
             except ConfigError as e:  # a property of this video (e.g. --fps without a frame rate)
                 raise VideoDecodeError(f"{task.path}: {e}") from e
             yield VideoStart(task.seq, rec, clips)
-            for m, k, tensor in stream_clips(reader, models, clips):
+            for m, k, tensor in stream_clips(reader, models, clips, clip_buffer):
                 yield ClipReady(task.seq, m, k, tensor)
     except DECODE_ERRORS as e:
         rec.status, rec.error = "failed", failure_reason(e)
@@ -150,9 +151,12 @@ def decode_video(
 
 
 def stream_clips(
-    reader: FrameReader, models: Sequence[PreparedModel], clips: Sequence[List[Clip]]
+    reader: FrameReader, models: Sequence[PreparedModel], clips: Sequence[List[Clip]],
+    clip_buffer: Optional[Callable[[int], torch.Tensor]] = None,
 ) -> Iterator[Tuple[int, int, torch.Tensor]]:
     """(model, clip index, tensor) for every clip, decoding each needed frame once, in windows.
+    `clip_buffer(model)`, when given, returns the tensor the next clip of that model is computed
+    into (and yielded as), called just before it is computed.
 
     """
     needed = [{i for c in cl for i in c.indices} for cl in clips]
@@ -182,7 +186,11 @@ def stream_clips(
                 c = cl[nxt[m]]
                 cache = caches[m]
                 assert cache is not None  # the clip's frames are all at or before `last`
-                yield m, nxt[m], model.transform.clip(cache, [pos[i] for i in c.indices]).contiguous()
+                positions = [pos[i] for i in c.indices]
+                if clip_buffer is None:
+                    yield m, nxt[m], model.transform.clip(cache, positions).contiguous()
+                else:
+                    yield m, nxt[m], model.transform.clip(cache, positions, out=clip_buffer(m))
                 nxt[m] += 1
             _drop_unused(m, cl, nxt, caches, cache_idx)
         del frames

@@ -11,12 +11,13 @@ cores a GPU machine gives its decoders. A forked child has its own interpreter.
 Each child owns, per model, a ring of clip buffers in shared memory (pipeline.ring: mapped before
 the fork, so both sides use the same pages: no per-clip allocation or page faults, no /dev/shm
 file), a busy flag per buffer and a semaphore counting the free ones. The child decodes with
-`decode_video`, copies each clip into a free buffer and sends small tuples over a pipe, half a
-ring's worth per message (fewer wakeups of the parent). The parent lends that buffer itself to the
-batch (`ClipReady.tensor` is a view of it, `ClipReady.release` a `SlotLoan` that frees it). On a
-CPU device a batch of one child's consecutive buffers runs where it lies (the ring is mirrored so
-that this holds across its wrap too); otherwise the batch copies each clip and frees its buffer:
-at most one copy of a clip in the parent. A ring holds two batches and two clips (`slots_for`), so
+`decode_video`, which computes each clip straight into a free buffer (`clip_buffer`), and sends
+small tuples over a pipe, half a ring's worth per message (fewer wakeups of the parent). The
+parent lends that buffer itself to the batch (`ClipReady.tensor` is a view of it,
+`ClipReady.release` a `SlotLoan` that frees it). On a CPU device a batch of one child's
+consecutive buffers runs where it lies (the ring is mirrored so that this holds across its wrap
+too); otherwise the batch copies each clip and frees its buffer: at most one copy of a clip in
+the parent. A ring holds two batches and two clips (`slots_for`), so
 the child runs that far ahead and the bounded queues downstream still bound memory.
 
 A consumer may hold buffers while it waits for more clips (a batch being filled), and a child
@@ -328,6 +329,15 @@ def _child_main(conn: Connection, parent: int, models: Sequence[PreparedModel], 
             conn.send((_CLIPS, list(unsent)))
             unsent.clear()
 
+    # Each clip is computed straight into a free buffer (decode_video's clip_buffer): no clip
+    # tensor allocated, no copy. `taken[m]`: the buffer handed out for model m's next clip.
+    taken: List[Optional[int]] = [None] * len(models)
+
+    def buffer_for(m: int) -> torch.Tensor:
+        slot = rings[m].take(next_slot[m], send_clips)
+        taken[m] = slot
+        return rings[m].data[slot]
+
     while True:
         try:
             task = conn.recv()
@@ -336,11 +346,13 @@ def _child_main(conn: Connection, parent: int, models: Sequence[PreparedModel], 
         if task is None:
             return
         try:
-            for msg in decode_video(task, models, decoder, **decode_options):
+            for msg in decode_video(task, models, decoder, clip_buffer=buffer_for, **decode_options):
                 if isinstance(msg, ClipReady):
-                    m = msg.model
-                    slot = rings[m].take(next_slot[m], send_clips)
-                    rings[m].data[slot].copy_(msg.tensor)
+                    m, slot = msg.model, taken[msg.model]
+                    taken[m] = None
+                    if slot is None:  # made without the buffer (a replaced decode_video): copy it in
+                        slot = rings[m].take(next_slot[m], send_clips)
+                        rings[m].data[slot].copy_(msg.tensor)
                     next_slot[m] = (slot + 1) % rings[m].slots
                     unsent.append((msg.seq, m, msg.clip, slot))
                     if len(unsent) >= group:
@@ -348,6 +360,10 @@ def _child_main(conn: Connection, parent: int, models: Sequence[PreparedModel], 
                 else:
                     send_clips()
                     conn.send(msg)
+            for m, slot in enumerate(taken):  # handed out for a clip that never came: not lost
+                if slot is not None:
+                    rings[m].release(slot)
+                    taken[m] = None
         except BaseException as e:  # noqa: BLE001 - a bug: the parent re-raises it with this traceback
             try:
                 cause: Optional[bytes] = pickle.dumps(e)
