@@ -18,8 +18,9 @@ Measures, for one model and batch size:
 decode + sampling + transform + batching + store, the most a GPU could be fed per worker; it
 alternates worker counts (--decode-workers) and kinds (--decode-kinds: threads, processes, and
 "independent": N separate one-worker extractions side by side, each with its own calling
-process; "bare": N processes that only run `decode_video`, with no calling process, batching or
-store — what this machine gives N decoders, the ceiling for the others).
+process and a share of the videos balanced by file size; "bare": N processes that only run
+`decode_video` on such shares, with no calling process, batching or store — what this machine
+gives N decoders, the ceiling for the others).
 --copies N runs on N copies of each video (the 6 shared clips alone take ~1.5 s per run).
 --allocator-ab compares glibc's defaults with `configure_allocator()` (system CPU, page faults).
 
@@ -192,7 +193,7 @@ from c3dfeat.pipeline.decode import ClipReady, VideoTask, decode_video
 from c3dfeat.pipeline.plan import ModelRequest, prepare_model
 kw = json.loads(sys.argv[1])
 model = prepare_model(ModelRequest(register_null_model()), device=torch.device("cpu"), random_init=True)
-paths = sorted(p for folder in kw["inputs"] for p in Path(folder).iterdir() if p.is_file())
+paths = sorted(Path(p) for p in kw["inputs"])
 t0, clips = time.perf_counter(), 0
 for i, path in enumerate(paths):
     for msg in decode_video(VideoTask(i, path.name, path, input_index=i), [model], kw.get("decoder", "pyav")):
@@ -257,11 +258,19 @@ def end_to_end(inputs, out: Path, env: Optional[Dict[str, str]] = None, **kw) ->
 
 
 def side_by_side(n: int, inputs, out: Path, script: str = _CHILD, **kw) -> dict:
-    """`n` one-worker extractions at once, each in its own process: all their clips over the
-    longest one's run time (summing each run's own clips/s would credit the last one running
-    alone, on a core the others had left, as if it had shared)."""
-    procs = [_spawn(inputs, out.with_name(f"{out.stem}_{i}{out.suffix}"), None, script, **dict(kw, workers=1))
-             for i in range(n)]
+    """`n` one-worker extractions at once, each in its own process, on a share of the videos
+    balanced by file size (the same work as one run with n workers, split as well as it can be
+    beforehand): all their clips over the longest one's run time (summing each run's own clips/s
+    would credit the last one running alone, on a core the others had left, as if it had shared)."""
+    files = [f for i in inputs for f in (Path(i).iterdir() if Path(i).is_dir() else [Path(i)]) if f.is_file()]
+    shares: List[List[Path]] = [[] for _ in range(n)]
+    sizes = [0] * n
+    for f in sorted(files, key=lambda f: f.stat().st_size, reverse=True):  # largest first, to the lightest share
+        k = sizes.index(min(sizes))
+        shares[k].append(f)
+        sizes[k] += f.stat().st_size
+    procs = [_spawn(sorted(share), out.with_name(f"{out.stem}_{k}{out.suffix}"), None, script, **dict(kw, workers=1))
+             for k, share in enumerate(shares)]
     runs = [_result(p) for p in procs]
     total = {k: sum(r[k] for r in runs) for k in ("clips", "user_s", "sys_s", "minor_faults", "parent_cpu_run_s")}
     longest = max(r["run_seconds"] for r in runs)
