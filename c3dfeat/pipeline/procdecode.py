@@ -17,8 +17,8 @@ parent lends that buffer itself to the batch (`ClipReady.tensor` is a view of it
 `ClipReady.release` a `SlotLoan` that frees it). On a CPU device a batch of one child's
 consecutive buffers runs where it lies (the ring is mirrored so that this holds across its wrap
 too); otherwise the batch copies each clip and frees its buffer: at most one copy of a clip in
-the parent. A ring holds two batches and two clips (`slots_for`), so
-the child runs that far ahead and the bounded queues downstream still bound memory.
+the parent. A ring holds two batches and two clips (`slots_for`), so the child runs that far
+ahead and the bounded queues downstream still bound memory.
 
 A consumer may hold buffers while it waits for more clips (a batch being filled), and a child
 with no free buffer waits for the consumer: before the consumer blocks on its input it must copy
