@@ -14,7 +14,7 @@ from c3dfeat.store import ClipTable, ModelResult, VideoRecord
 
 __all__ = ["VideoAssembler", "ReadyVideo", "CommitGroup", "clip_table", "COMMIT_VIDEOS", "COMMIT_SECONDS"]
 
-# One writer call (an HDF5 commit: ~20 appends and two flushes, ~5 ms here) costs about the same
+# One writer call (an HDF5 commit: ~20 appends and two flushes, 2-4 ms of CPU here) costs about the same
 # for one video or many, and the single writer is what caps a fast run: with one commit per video
 # the Ray driver wrote 74 videos/s, with groups 607 (docs/scale.md). Both engines group.
 COMMIT_VIDEOS = 64  # finished videos written by one writer call, at most
@@ -141,7 +141,7 @@ class CommitGroup:
 
     def __init__(self, max_videos: Optional[int] = None, max_seconds: Optional[float] = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.max_videos = max(1, min(COMMIT_VIDEOS, COMMIT_VIDEOS if max_videos is None else max_videos))
+        self.max_videos = COMMIT_VIDEOS if max_videos is None else max(1, min(COMMIT_VIDEOS, max_videos))
         self.max_seconds = COMMIT_SECONDS if max_seconds is None else max_seconds
         self._clock = clock
         self.videos: List[ReadyVideo] = []

@@ -171,7 +171,7 @@ class BatchRunner(Generic[K]):
         clips = [item[1] for item in items]
         releases = [item[2] for item in items if item[2] is not None]
         in_place = None
-        if full is not _NO_LENDER and full is not None and len(releases) == self.batch_size:
+        if isinstance(full, ClipRing) and len(releases) == self.batch_size:
             in_place = full.batch_view(releases)
         return self._forward(keys, clips, releases, in_place)
 

@@ -156,9 +156,7 @@ def stream_clips(
 ) -> Iterator[Tuple[int, int, torch.Tensor]]:
     """(model, clip index, tensor) for every clip, decoding each needed frame once, in windows.
     `clip_buffer(model)`, when given, returns the tensor the next clip of that model is computed
-    into (and yielded as), called just before it is computed.
-
-    """
+    into (and yielded as), called just before it is computed."""
     needed = [{i for c in cl for i in c.indices} for cl in clips]
     union = sorted(set().union(*needed))
     frame_bytes = max(1, int(reader.height) * int(reader.width) * 3)
