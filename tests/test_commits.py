@@ -130,3 +130,50 @@ def test_ctrl_c_writes_the_waiting_group(tmp_path, videos, monkeypatch, worker_k
         assert ff.video_ids == ["a.mp4", "b.mp4"] and ff.state == "incomplete"
     rep = _run(videos, out)
     assert (rep.skipped, rep.ok) == (2, 2)
+
+
+def test_the_last_videos_are_taken_largest_first(tmp_path):
+    """So that no decoder is left reading a large video alone at the end (scheduler.claim_order)."""
+    from pathlib import Path
+
+    from c3dfeat.pipeline.decode import VideoTask
+    from c3dfeat.pipeline.scheduler import claim_order
+
+    sizes = [50, 10, 40, 20, 30, None, 60]  # None: no such file (it fails in its turn)
+    tasks = []
+    for seq, size in enumerate(sizes):
+        path = tmp_path / f"v{seq}.mp4"
+        if size is not None:
+            path.write_bytes(b"x" * size)
+        tasks.append(VideoTask(seq, path.name, Path(path)))
+    assert claim_order(tasks, 4) == [0, 1, 2, 6, 4, 3, 5]
+    assert claim_order(tasks, 0) == list(range(7))
+    assert claim_order(tasks, 100) == [6, 0, 2, 4, 3, 1, 5]
+
+
+@pytest.mark.parametrize("max_pending", [2, 3, 5])
+def test_taking_the_last_videos_out_of_order_never_blocks_the_head(tmp_path, videos, monkeypatch, max_pending):
+    """The head video may be taken after later ones, which must leave it a place within
+    max_pending (2: the last 4 in size order would hold both places; the head could never be
+    taken). The file is the same as in input order (one decoder)."""
+    taken: list = []
+
+    def recording_decode(task, models, decoder="pyav", **kw):
+        taken.append(task.id)
+        yield from decode_video(task, models, decoder, **kw)
+
+    one = tmp_path / "one.h5"
+    _run(videos, one)
+    monkeypatch.setattr(scheduler_module, "decode_video", recording_decode)
+    done: list = []
+    two = tmp_path / "two.h5"
+    run = threading.Thread(target=lambda: done.append(_run(videos, two, workers=2, max_pending=max_pending)),
+                           daemon=True)
+    run.start()
+    run.join(timeout=120)
+    assert done, "the decoders waited for the head video, which none could take"
+    names = ["a.mp4", "b.mp4", "c.mp4", "d.mp4", "truncated.mp4"]
+    tail = sorted(names[-min(4, max_pending):], key=lambda n: -(videos / n).stat().st_size)
+    assert taken == names[: len(names) - len(tail)] + tail
+    assert (taken != names) == (max_pending > 2)  # 2: d, truncated.mp4 are in size order already
+    _assert_same_datasets(one, two)

@@ -360,37 +360,45 @@ def collecting_children(monkeypatch):
     gc.enable()
 
 
-def test_garbage_is_collected_in_the_parent_before_a_decode_process_forks(tmp_path, videos, collecting_children):
+def test_a_decode_process_never_collects_what_it_inherited(tmp_path, videos, collecting_children, monkeypatch):
     """An object owning native threads, destroyed in a forked child, can wait forever for threads
-    that do not exist there (a PyAV decoder's slice threads hung a CI run): garbage goes first."""
+    that do not exist there (a PyAV decoder's slice threads hung a CI run): garbage the child
+    inherits is never collected there, not even by a collection at its very start (the fork is
+    made frozen); it stays the parent's to collect, and the fork did not pay for collecting it."""
+    import gc
+
+    child_main = procdecode._child_main
+
+    def collecting_first(*args):
+        gc.collect()  # before _child_main's own gc.freeze
+        child_main(*args)
+
+    monkeypatch.setattr(procdecode, "_child_main", collecting_first)  # inherited by the fork
     log = tmp_path / "finalized"
     _Sentinel(log)  # garbage: only the cycle collector frees it
     proc = procdecode.DecodeProcess([_tiny_prepared()], "pyav", None, batch_size=1)
     try:
-        assert log.read_text().split() == [str(os.getpid())]  # freed here, at the fork
         assert _decode_all(proc, videos) > 0
     finally:
         proc.close()
-    assert log.read_text().split() == [str(os.getpid())]
-
-
-def test_a_decode_process_never_collects_what_it_inherited(tmp_path, videos, collecting_children, monkeypatch):
-    """The other half: garbage made after the parent's collection (another thread, say) is left
-    alone by the child's collector."""
-    import gc
-    import types
-
-    monkeypatch.setattr(procdecode, "gc", types.SimpleNamespace(collect=lambda: 0, freeze=gc.freeze))
-    log = tmp_path / "finalized"
-    _Sentinel(log)
-    proc = procdecode.DecodeProcess([_tiny_prepared()], "pyav", None, batch_size=1)
-    try:
-        assert _decode_all(proc, videos) > 0
-    finally:
-        proc.close()
-    assert not log.exists()  # nothing was finalized in the child (nor, yet, here)
+    assert not log.exists()  # nothing was finalized in the child, nor here by the fork
     gc.collect()
     assert log.read_text().split() == [str(os.getpid())]
+
+
+def test_closing_decode_processes_asks_them_all_before_waiting_for_any(monkeypatch):
+    """The end of a run does not wait for each child's exit in turn."""
+    events = []
+    procs = [procdecode.DecodeProcess([_tiny_prepared()], "pyav", None, batch_size=1) for _ in range(3)]
+    ask, wait = procdecode.DecodeProcess._ask_to_stop, procdecode.DecodeProcess._wait_stopped
+    monkeypatch.setattr(procdecode.DecodeProcess, "_ask_to_stop",
+                        lambda self, kill: events.append("ask") or ask(self, kill))
+    monkeypatch.setattr(procdecode.DecodeProcess, "_wait_stopped",
+                        staticmethod(lambda proc, conn: events.append("wait") or wait(proc, conn)))
+    children = [p._process for p in procs]
+    procdecode.close_all(procs)
+    assert events == ["ask"] * 3 + ["wait"] * 3
+    assert all(c.exitcode == 0 for c in children)  # stopped politely, all of them
 
 
 def test_a_decode_process_computes_each_clip_straight_into_its_buffer(tmp_path, videos, monkeypatch):

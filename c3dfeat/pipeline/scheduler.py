@@ -6,7 +6,7 @@
 
 Steps, each a method:
 
-* **decode** (`_decode_worker`, `workers` threads): take the next video in order, run
+* **decode** (`_decode_worker`, `workers` threads): take the next video (`claim_order`), run
   :func:`~c3dfeat.pipeline.decode.decode_video` — in the thread itself (`worker_kind="thread"`),
   or in that thread's forked decode process (`"process"`, :mod:`~c3dfeat.pipeline.procdecode`:
   no GIL shared between decoders; its clips are buffers lent until batched) — and put its
@@ -28,10 +28,12 @@ worker ends with a message
 from __future__ import annotations
 
 import collections
+import os
 import queue
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -40,7 +42,7 @@ from c3dfeat.pipeline.assemble import CommitGroup, ReadyVideo, VideoAssembler
 from c3dfeat.pipeline.batching import BatchRunner, LaunchedBatch
 from c3dfeat.pipeline.decode import ClipReady, VideoEnd, VideoFailed, VideoStart, VideoTask, decode_video
 from c3dfeat.pipeline.plan import PreparedModel
-from c3dfeat.pipeline.procdecode import DecodeProcess
+from c3dfeat.pipeline.procdecode import DecodeProcess, close_all
 from c3dfeat.pipeline.report import ExtractReport, Progress
 
 __all__ = ["LocalScheduler"]
@@ -61,6 +63,24 @@ class _WorkerCrash:
 
 class _Stopped(Exception):
     """Raised inside a decode thread when the run is stopping."""
+
+
+def claim_order(tasks: Sequence[VideoTask], last: int) -> List[int]:
+    """The order in which decoders take the videos: input order, except that the `last` ones
+    (the scheduler: 2 per decoder) go largest file first. The run ends when the last video does:
+    a large one taken last leaves the other decoders idle while one reads it (2 decoders on the
+    shared videos: one idle ~0.2 s of a 3.4 s run). Commits stay in input order."""
+    order = list(range(len(tasks)))
+    tail = order[len(order) - min(last, len(order)):]
+    order[len(order) - len(tail):] = sorted(tail, key=lambda seq: -_file_size(tasks[seq].path))
+    return order
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except (OSError, TypeError, ValueError):
+        return 0  # unreadable or not a file: the decoder reports it, in its turn
 
 
 class LocalScheduler:
@@ -116,6 +136,9 @@ class LocalScheduler:
         self._group = CommitGroup(max_videos=max_pending - 2 * workers)
         self._written = 0  # videos written by this run
         self._claim_lock = threading.Lock()
+        # One decoder has no one to wait for. At most max_pending: with the head video not yet
+        # taken, the others taken before it must leave a place free for it.
+        self._claim_order = claim_order(self.tasks, min(2 * workers, max_pending) if workers > 1 else 0)
         self._next_task = 0
         self._workers_left = workers
         self._threads: List[threading.Thread] = []
@@ -213,11 +236,12 @@ class LocalScheduler:
                 if self._stop.is_set():
                     return
                 with self._claim_lock:
-                    seq = self._next_task
+                    nth = self._next_task
                     self._next_task += 1
-                if seq >= len(self.tasks):
+                if nth >= len(self.tasks):
                     self._pending.release()
                     break
+                seq = self._claim_order[nth]
                 task = self.tasks[seq]
                 messages = (self._procs[index].decode(task) if self._procs
                             else decode_video(task, self.models, self.decoder, **self._decode_options))
@@ -328,8 +352,7 @@ class LocalScheduler:
                 self._drain()
                 t.join(timeout=0.05)
         self._drain()
-        for proc in self._procs:
-            proc.close(kill=any(t.is_alive() for t in self._threads))
+        close_all(self._procs, kill=any(t.is_alive() for t in self._threads))
         for runner in self.runners:
             runner.close()
 
