@@ -3,13 +3,15 @@
 `server.routes[path] = (mode, body)`: mode "ok" serves the bytes `body`, "file" the file at the
 path `body` (streamed); "404"; "500_once" (a 500 on the
 first request, then the body); "cut" / "cut_once" (half the body, then the connection closes,
-always / on the first request). `server.hits` counts requests per path.
+always / on the first request); "slow" (the body after `SLOW_S` seconds). `server.hits` counts
+requests per path.
 """
 from __future__ import annotations
 
 import shutil
 import socket
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,6 +21,7 @@ import pytest
 
 from c3dfeat.weights import fetch, paths
 
+SLOW_S = 0.5
 ENV_VARS = ("C3DFEAT_WEIGHTS", "C3DFEAT_WEIGHTS_MIRROR", "C3DFEAT_REQUIRE_HASHES")
 
 
@@ -52,6 +55,8 @@ class _Handler(BaseHTTPRequestHandler):
             with open(body, "rb") as f:
                 shutil.copyfileobj(f, self.wfile, 1 << 20)
             return
+        if mode == "slow":
+            time.sleep(SLOW_S)
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(len(body)))

@@ -292,3 +292,90 @@ def test_cli_extract_first_use_no_flag(tiny_w, server, isolated, tmp_path, monke
     assert r.exit_code == 0, r.output
     assert f"first download of {NAME}.kinetics" in r.stderr
     assert sum(server.hits.values()) == 2
+
+
+# ----------------------------------------------------------------------------- one download at a time
+def test_runs_starting_together_download_a_file_once(tiny_w, server, isolated, tmp_path, capsys):
+    """Shards or Ray workers starting at once on one weights directory: the first downloads, the
+    others wait for it and use its file. (Threads here: the lock is an flock, which holds between
+    separately opened files alike, in one process or many.)"""
+    import threading
+
+    from c3dfeat.weights.loading import resolve_checkpoint_file
+
+    body, *_ = _serve(server, tmp_path)
+    server.routes[f"/mirror/{WEIGHTS_FILE}"] = ("slow", body)
+    ckpt, mirror = tiny_w.checkpoints[0], server.url + "/mirror"
+    got: list = []
+    runs = [threading.Thread(target=lambda: got.append(resolve_checkpoint_file(f"{NAME}.kinetics", ckpt,
+                                                                               mirror=mirror)))
+            for _ in range(3)]
+    for t in runs:
+        t.start()
+    for t in runs:
+        t.join(timeout=60)
+    assert server.hits[f"/mirror/{WEIGHTS_FILE}"] == 1
+    assert len(got) == 3 and {(v.path, v.digest) for v in got} == {(isolated / WEIGHTS_FILE, _sha(body))}
+    assert all_files(isolated) == [WEIGHTS_FILE, WEIGHTS_FILE + ".sha256"]  # the lock is gone too
+    err = capsys.readouterr().err
+    assert err.count("first download of") == 1
+    assert f"c3dfeat: waiting for another process downloading {WEIGHTS_FILE} into {isolated}" in err
+
+
+def test_a_download_lock_left_by_a_killed_process_does_not_block(tiny_w, server, isolated, tmp_path):
+    import subprocess
+    import sys
+
+    from c3dfeat.weights.loading import resolve_checkpoint_file
+
+    body, *_ = _serve(server, tmp_path)
+    isolated.mkdir(parents=True)
+    lock = isolated / f".{WEIGHTS_FILE}.lock"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+        "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(600)"), str(lock)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        holder.kill()  # mid-download: the lock file stays, its flock goes with the process
+        holder.wait()
+        assert lock.exists()
+        v = resolve_checkpoint_file(f"{NAME}.kinetics", tiny_w.checkpoints[0], mirror=server.url + "/mirror",
+                                    progress=False)
+    finally:
+        holder.kill()
+    assert v.digest == _sha(body) and server.hits[f"/mirror/{WEIGHTS_FILE}"] == 1
+    assert not lock.exists()
+
+
+def test_the_download_lock_admits_one_at_a_time_though_each_holder_removes_it(tmp_path):
+    """Waiters on a lock file its holder removed must not go in together (each re-checks that
+    its lock is on the file of that name)."""
+    import threading
+    import time
+
+    from c3dfeat.weights.fetch import download_lock
+
+    inside, most, order = [0], [0], []
+    guard = threading.Lock()
+
+    def hold(i: int) -> None:
+        with download_lock(tmp_path, "w.pth", announce=False):
+            with guard:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+                order.append(i)
+            time.sleep(0.2)
+            with guard:
+                inside[0] -= 1
+
+    runs = [threading.Thread(target=hold, args=(i,)) for i in range(4)]
+    t0 = time.monotonic()
+    # 1 waits on 0's file, which 0 removes at 0.2 s; 2 and 3 come while 1 is inside
+    for t, start in zip(runs, (0.0, 0.02, 0.3, 0.32)):
+        time.sleep(max(0.0, t0 + start - time.monotonic()))
+        t.start()
+    for t in runs:
+        t.join(timeout=30)
+    assert sorted(order) == [0, 1, 2, 3] and most[0] == 1
+    assert list(tmp_path.iterdir()) == []

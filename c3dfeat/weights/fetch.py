@@ -13,9 +13,14 @@
   to the final name and the digest record ``<file>.sha256``. A checkpoint with no published hash
   is trusted on first use: its digest is recorded and printed in one line, and every later load is
   checked against it. Nothing stays under any name unless it passed.
+* One download per file at a time (:func:`download_lock`): processes starting together on one
+  machine or on a shared weights directory (shards, Ray workers) wait for the first one and use
+  its file instead of each fetching the same hundreds of MB.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import http.client
 import os
 import socket
@@ -25,7 +30,7 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, Iterator, List, Optional, Sequence
 
 from c3dfeat.errors import ChecksumError, WeightsError, WeightsNotFoundError
 from c3dfeat.specs import Checkpoint
@@ -98,6 +103,55 @@ class _Progress:
         if self._rich is not None:
             self._rich.stop()
             self._rich = None
+
+
+@contextlib.contextmanager
+def download_lock(target_dir: Path, file_name: str, announce: bool = True) -> Iterator[None]:
+    """Hold the lock for downloading `file_name` into `target_dir`: `.<file>.lock` beside it,
+    flock'ed. A process killed mid-download releases it; it is removed when released. Where
+    the directory cannot hold it, or the filesystem has no locks, downloads go unlocked (each
+    is still safe: its own temporary, checked, then renamed)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    lock = target_dir / f".{file_name}.lock"
+    said = False
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:
+            yield
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if announce and not said:
+                    print(f"c3dfeat: waiting for another process downloading {file_name} into {target_dir}",
+                          file=sys.stderr, flush=True)
+                    said = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                yield  # no locks on this filesystem
+                return
+            raise
+        try:  # the holder before us removed the file: our lock is on a name no one else sees
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)  # before the unlock: a waiter then sees that its lock is stale
+        os.close(fd)
 
 
 def _fetch(url: str, dst: Path, label: str, progress: bool) -> None:

@@ -20,7 +20,7 @@ import torch.nn as nn
 from c3dfeat.errors import ChecksumError, ConversionError, WeightsError, WeightsNotFoundError
 from c3dfeat.specs import Checkpoint
 from c3dfeat.weights import hashing
-from c3dfeat.weights.fetch import download_checkpoint, offline_message, refuse_unhashed, tofu_line
+from c3dfeat.weights.fetch import download_checkpoint, download_lock, offline_message, refuse_unhashed, tofu_line
 from c3dfeat.weights.formats import TORCH, detect_format, format_family, load_torch_state_dict
 from c3dfeat.weights.paths import PathLike, download_dir, find_local_file
 
@@ -91,9 +91,13 @@ def resolve_checkpoint_file(
     if local is None:
         if not download:
             raise WeightsNotFoundError(offline_message(name, ckpt, ["downloads are off"]))
-        return download_checkpoint(
-            name, ckpt, download_dir(weights_dir), require_hashes=require_hashes, mirror=mirror, progress=progress
-        )
+        target = download_dir(weights_dir)
+        target.mkdir(parents=True, exist_ok=True)
+        with download_lock(target, ckpt.file_name, announce=progress):
+            local = find_local_file(ckpt, weights_dir)  # fetched by the process we waited for
+            if local is None:
+                return download_checkpoint(name, ckpt, target, require_hashes=require_hashes, mirror=mirror,
+                                           progress=progress)
     v = hashing.verify_file(local, ckpt)
     if v.status != hashing.UNVERIFIED:
         return v
