@@ -111,46 +111,48 @@ def download_lock(target_dir: Path, file_name: str, announce: bool = True) -> It
     flock'ed. A process killed mid-download releases it; it is removed when released. Where
     the directory cannot hold it, or the filesystem has no locks, downloads go unlocked (each
     is still safe: its own temporary, checked, then renamed)."""
+    lock = target_dir / f".{file_name}.lock"
+    fd = _take_lock(lock, f"c3dfeat: waiting for another process downloading {file_name} into {target_dir}"
+                    if announce else None)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(lock)  # before the unlock: a waiter then sees that its lock is stale
+            os.close(fd)
+
+
+def _take_lock(lock: Path, waiting_line: Optional[str]) -> Optional[int]:
+    """An open descriptor of `lock`, flock'ed, and still the file of that name; None where
+    there can be no lock."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    lock = target_dir / f".{file_name}.lock"
-    said = False
+        return None
     while True:
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError:
-            yield
-            return
+            return None
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                if announce and not said:
-                    print(f"c3dfeat: waiting for another process downloading {file_name} into {target_dir}",
-                          file=sys.stderr, flush=True)
-                    said = True
+                if waiting_line:
+                    print(waiting_line, file=sys.stderr, flush=True)
+                    waiting_line = None
                 fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as e:
             os.close(fd)
             if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-                yield  # no locks on this filesystem
-                return
+                return None  # no locks on this filesystem
             raise
-        try:  # the holder before us removed the file: our lock is on a name no one else sees
-            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        try:  # the holder before us removed the file: a lock on a name no one else sees
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                return fd
         except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(lock)  # before the unlock: a waiter then sees that its lock is stale
+            pass
         os.close(fd)
 
 
