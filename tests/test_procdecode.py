@@ -386,6 +386,37 @@ def test_a_decode_process_never_collects_what_it_inherited(tmp_path, videos, col
     assert log.read_text().split() == [str(os.getpid())]
 
 
+def test_decode_processes_forked_at_once_from_two_threads_fork_one_at_a_time(monkeypatch):
+    """Decode threads replacing dead children at the same moment: one thread's thaw must not
+    come between the other's freeze and fork."""
+    import gc
+    import threading
+    import time
+    import types
+
+    events: list = []
+
+    def freeze() -> None:
+        events.append("freeze")
+        time.sleep(0.05)
+        gc.freeze()
+
+    def unfreeze() -> None:
+        events.append("unfreeze")
+        gc.unfreeze()
+
+    monkeypatch.setattr(procdecode, "gc", types.SimpleNamespace(freeze=freeze, unfreeze=unfreeze, collect=gc.collect))
+    procs: list = []
+    forks = [threading.Thread(target=lambda: procs.append(
+        procdecode.DecodeProcess([_tiny_prepared()], "pyav", None, batch_size=1))) for _ in range(2)]
+    for t in forks:
+        t.start()
+    for t in forks:
+        t.join(timeout=60)
+    procdecode.close_all(procs)
+    assert len(procs) == 2 and events == ["freeze", "unfreeze"] * 2
+
+
 def test_closing_decode_processes_asks_them_all_before_waiting_for_any(monkeypatch):
     """The end of a run does not wait for each child's exit in turn."""
     events = []

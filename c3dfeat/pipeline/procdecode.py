@@ -51,6 +51,7 @@ import os
 import pickle
 import signal
 import sys
+import threading
 import traceback
 from multiprocessing.connection import Connection
 from typing import Any, Generator, List, Optional, Sequence, Tuple
@@ -79,6 +80,7 @@ MIN_SLOTS = 4  # clip buffers per model per child, at least
 RING_BYTES = 256 << 20  # ... and at most this much per ring, past MIN_SLOTS (ir_csn_152's clips: 19 MB)
 MAX_CONSECUTIVE_DEATHS = 3
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_FORK_LOCK = threading.Lock()
 _CLIPS = "clips"
 _CRASH = "crash"
 
@@ -237,12 +239,14 @@ class DecodeProcess:
         # The child must never destroy an object it inherited (see _child_main): it starts with
         # everything frozen, from its first allocation on. Freezing costs nothing, where a full
         # collection takes ~60 ms (torch's ~180k objects; 16 children: a second before decoding).
-        # Thawed here at once: what is garbage stays this process's to collect.
-        gc.freeze()
-        try:
-            proc.start()
-        finally:
-            gc.unfreeze()
+        # Thawed here at once: what is garbage stays this process's to collect. One fork at a
+        # time: decode threads replacing dead children at once must not thaw each other's forks.
+        with _FORK_LOCK:
+            gc.freeze()
+            try:
+                proc.start()
+            finally:
+                gc.unfreeze()
         child_conn.close()  # so that the child's death is an EOF here
         self._process, self._conn = proc, parent_conn
 
