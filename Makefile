@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 REF_VENV ?= .venv-ref
 ARGS ?=
 
-.PHONY: install test test-slow test-parity lint bench check-import clean
+.PHONY: install test test-slow test-parity lint bench check-import clean device-wheels
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,15 @@ bench:
 	$(BIN)/python scripts/bench_extract.py
 	$(BIN)/python scripts/bench_eval.py
 	$(BIN)/python scripts/bench_cli.py
+
+# For a GPU machine without network (scripts/device_gpu.sh): its own python3 has a CUDA torch;
+# what it lacks (PyAV) goes there as wheels in .whl/, for its Python version, the same release as here.
+DEVICE_PYTHON ?= 3.12
+device-wheels:
+	rm -rf .whl && $(BIN)/pip download --quiet --no-deps --only-binary=:all: --python-version $(DEVICE_PYTHON) \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d .whl "av==$$($(BIN)/python -c 'import av; print(av.__version__)')"
+	ls -l .whl
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache

@@ -9,6 +9,10 @@
     .venv/bin/python scripts/bench_gpu.py                # ~5-8 minutes; add --json out.json
     .venv/bin/python scripts/bench_gpu.py --device cpu --quick     # checks the script itself on a CPU
 
+On a GPU machine with no network whose python3 already has a CUDA torch (this workplace's device
+machines): `make device-wheels` here, then `bash scripts/device_gpu.sh` there with `.whl` carried
+(PyAV as a wheel; no GPU decoding there: torchcodec needs FFmpeg's shared libraries).
+
 Prints one table:
 
 * model only, per model (c3d, r2plus1d_18, r2plus1d_34, ir_csn_152) at fp32 and bf16 (autocast,
