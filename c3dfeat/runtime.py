@@ -1,8 +1,10 @@
-"""Process-wide runtime settings for extraction: the memory allocator and default batch sizes.
+"""Process-wide runtime settings for extraction: the memory allocator, default batch sizes and
+decoder counts.
 
-    from c3dfeat.runtime import configure_allocator, default_batch_size
+    from c3dfeat.runtime import configure_allocator, default_batch_size, default_workers
     configure_allocator()                      # once, before the first large allocation
     default_batch_size("cpu", "c3d")           # -> 3
+    default_workers("cuda")                    # -> the usable CPU cores less one, 2..32
 
 Why the allocator matters: a 3D ConvNet's activations are tens of MB per batch (C3D conv1 at
 batch 4: 4x64x16x112x112 floats = 205 MB), far above glibc's dynamic mmap threshold (32 MiB at
@@ -16,12 +18,15 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import math
 import os
 import platform
 import threading
-from typing import Dict, Optional
+from pathlib import Path
+from typing import Dict, List, Optional
 
-__all__ = ["ALLOCATOR_ENV", "configure_allocator", "allocator_settings", "default_batch_size"]
+__all__ = ["ALLOCATOR_ENV", "configure_allocator", "allocator_settings", "default_batch_size", "default_workers",
+           "usable_cores", "CPU_WORKERS", "MAX_DEFAULT_WORKERS"]
 
 #: Environment variable: "system" leaves the C allocator untouched.
 ALLOCATOR_ENV = "C3DFEAT_MALLOC"
@@ -128,3 +133,81 @@ def default_batch_size(device: object, model_name: str = "") -> int:
         arch = model_name.partition(".")[0]
         return _CUDA_BATCH_BY_MODEL.get(arch, _CUDA_BATCH)
     return _CPU_BATCH
+
+
+# Decoders (`workers`) when none are asked for. A model on the CPU takes the cores and decoding is
+# ~1-2 % of its work (C3D: ~4 ms of decoding per clip against ~330 ms of CPU time in the model),
+# so 2 decoders keep it fed (docs/extract.md). A model on a GPU waits for the decoders: every
+# usable core decodes but one, which the calling process needs (batching, copies, commits:
+# ~0.25-0.4 ms per clip, a whole core at a few thousand clips/s). Past ~32 decoders that calling
+# process is the limit, and each decoder still costs its memory (~65 MiB, and its rings).
+CPU_WORKERS = 2
+MAX_DEFAULT_WORKERS = 32
+_CGROUP_ROOT = Path("/sys/fs/cgroup")
+_PROC_CGROUP = Path("/proc/self/cgroup")
+
+
+def default_workers(device: object) -> int:
+    """Default decoders for a model on `device` ("cpu", "cuda", "cuda:1", torch.device):
+    CPU_WORKERS on a CPU; on a GPU the usable cores less one, at least 2, at most MAX_DEFAULT_WORKERS."""
+    kind = str(getattr(device, "type", device)).split(":")[0]
+    if kind != "cuda":
+        return CPU_WORKERS
+    return max(CPU_WORKERS, min(MAX_DEFAULT_WORKERS, usable_cores() - 1))
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on: its affinity mask, lowered by a container's CPU quota
+    (cgroup v2 `cpu.max`, v1 `cpu.cfs_quota_us`) where one is set: a batch system's job sees
+    the whole machine's cores in os.cpu_count()."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    quotas = _cgroup_quotas()
+    return max(1, min([cores] + quotas))
+
+
+def _cgroup_quotas() -> List[int]:
+    """The CPU quotas (in whole cores, rounded up) of this process's cgroup and its parents."""
+    found: List[int] = []
+    try:
+        lines = _PROC_CGROUP.read_text().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        period_name: Optional[str] = None
+        if hierarchy == "0" and controllers == "":  # cgroup v2
+            quota_name, base = "cpu.max", _CGROUP_ROOT
+        elif "cpu" in controllers.split(","):  # cgroup v1
+            quota_name, period_name = "cpu.cfs_quota_us", "cpu.cfs_period_us"
+            base = _CGROUP_ROOT / controllers
+            if not base.is_dir():
+                base = _CGROUP_ROOT / "cpu"
+        else:
+            continue
+        parts = [p for p in path.strip("/").split("/") if p]
+        for depth in range(len(parts), -1, -1):  # this cgroup, then each parent up to the root seen
+            cores = _read_quota(base.joinpath(*parts[:depth]), quota_name, period_name)
+            if cores is not None:
+                found.append(cores)
+    return found
+
+
+def _read_quota(folder: Path, quota_name: str, period_name: Optional[str]) -> Optional[int]:
+    try:
+        if period_name is None:  # v2: "max 100000" or "150000 100000"
+            quota_text, period_text = (folder / quota_name).read_text().split()[:2]
+        else:
+            quota_text = (folder / quota_name).read_text().strip()
+            period_text = (folder / period_name).read_text().strip()
+        if quota_text == "max":
+            return None
+        quota, period = int(quota_text), int(period_text)
+    except (OSError, ValueError):
+        return None
+    if quota <= 0 or period <= 0:  # v1: -1 is no quota
+        return None
+    return max(1, math.ceil(quota / period))

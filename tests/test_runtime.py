@@ -28,6 +28,7 @@ from c3dfeat.models import (
 )
 from c3dfeat.models._layers import LayerwiseModel, Step
 from c3dfeat.models._registry import _REGISTRY
+from tests._extract_tiny import tiny_models  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,6 +74,71 @@ def test_default_batch_size():
     assert runtime.default_batch_size(torch.device("cpu"), "r2plus1d_18") == 3
     assert runtime.default_batch_size("cuda:1", "c3d") >= 16
     assert runtime.default_batch_size("cuda", "ir_csn_152.ig65m") <= runtime.default_batch_size("cuda", "c3d")
+
+
+# ----------------------------------------------------------------------------- decoders
+@pytest.mark.parametrize("cores,expected", [(1, 2), (2, 2), (3, 2), (4, 3), (16, 15), (64, 32)])
+def test_default_workers(monkeypatch, cores, expected):
+    monkeypatch.setattr(runtime, "usable_cores", lambda: cores)
+    assert runtime.default_workers("cuda") == runtime.default_workers(torch.device("cuda", 1)) == expected
+    assert runtime.default_workers("cpu") == runtime.default_workers(torch.device("cpu")) == runtime.CPU_WORKERS == 2
+
+
+def _fake_cgroups(tmp_path, monkeypatch, proc_lines: str, files: Dict[str, str], affinity: int = 16) -> None:
+    root = tmp_path / "cgroup"
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    (tmp_path / "proc_cgroup").write_text(proc_lines)
+    monkeypatch.setattr(runtime, "_CGROUP_ROOT", root)
+    monkeypatch.setattr(runtime, "_PROC_CGROUP", tmp_path / "proc_cgroup")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(affinity)))
+
+
+def test_usable_cores_follow_a_cgroup_v2_quota_of_the_job_or_a_parent(tmp_path, monkeypatch):
+    """A batch system's job sees every core of the node in os.cpu_count(); its quota is in
+    its cgroup, or in a parent's (the tighter wins), rounded up to whole cores."""
+    _fake_cgroups(tmp_path, monkeypatch, "0::/job/step\n",
+                  {"job/step/cpu.max": "max 100000\n", "job/cpu.max": "350000 100000\n", "cpu.max": "max 100000\n"})
+    assert runtime.usable_cores() == 4
+    monkeypatch.setattr(runtime, "usable_cores", runtime.usable_cores)
+    assert runtime.default_workers("cuda") == 3
+
+
+def test_usable_cores_follow_a_cgroup_v1_quota(tmp_path, monkeypatch):
+    v1 = "cpu,cpuacct/slurm"
+    _fake_cgroups(tmp_path, monkeypatch, "4:memory:/slurm/j1\n3:cpu,cpuacct:/slurm/j1\n",
+                  {f"{v1}/j1/cpu.cfs_quota_us": "-1\n", f"{v1}/j1/cpu.cfs_period_us": "100000\n",
+                   f"{v1}/cpu.cfs_quota_us": "200000\n", f"{v1}/cpu.cfs_period_us": "100000\n"})
+    assert runtime.usable_cores() == 2
+
+
+def test_usable_cores_without_a_quota_are_the_affinity_mask(tmp_path, monkeypatch):
+    _fake_cgroups(tmp_path, monkeypatch, "0::/\n", {"cpu.max": "max 100000\n"}, affinity=6)
+    assert runtime.usable_cores() == 6
+    monkeypatch.setattr(runtime, "_PROC_CGROUP", tmp_path / "absent")  # not Linux's layout: no quota known
+    assert runtime.usable_cores() == 6
+    _fake_cgroups(tmp_path, monkeypatch, "0::/\n", {"cpu.max": "12500 100000\n"}, affinity=6)
+    assert runtime.usable_cores() == 1  # an eighth of a core: still one
+
+
+@pytest.mark.usefixtures("tiny_models")
+def test_extract_without_workers_uses_the_default_for_its_device_and_records_it(tmp_path, monkeypatch):
+    """None reaches the scheduler as runtime.default_workers(device), and the file says how many ran."""
+    import json
+
+    import h5py
+
+    from c3dfeat.pipeline import api
+    from tests.synth import make_video
+
+    asked = []
+    monkeypatch.setattr(api, "default_workers", lambda dev: asked.append(str(dev)) or 3)
+    make_video(tmp_path / "v" / "a.mp4", 8, size=(32, 32))
+    api.extract([tmp_path / "v"], tmp_path / "f.h5", ["tiny3d"], random_init=True, device="cpu")
+    with h5py.File(tmp_path / "f.h5", "r") as f:
+        run = json.loads(f.attrs["run"])
+    assert asked == ["cpu"] and run["workers"] == 3 and run["worker_kind"] == "thread"
 
 
 # ----------------------------------------------------------------------------- layout

@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional, TypeVar, Union
 import click
 
 from c3dfeat.evaluate.choices import DATASETS, DEFAULT_CS, NORMS, SOLVERS
+from c3dfeat.runtime import CPU_WORKERS, MAX_DEFAULT_WORKERS
 from c3dfeat.sampling import SamplingConfig
 from c3dfeat.specs import COMPUTE_DTYPES, CROP_MODES, CROP_REDUCTIONS, WORKER_KINDS
 from c3dfeat.video import BACKENDS, DECODE_DEVICES, parse_decode_device
@@ -81,8 +82,10 @@ device = click.option("--device", default="auto", show_default=True,
                       help="auto (the first GPU if any, else cpu), cpu, cuda or cuda:N.")
 dtype = click.option("--dtype", type=click.Choice(COMPUTE_DTYPES), default=COMPUTE_DTYPES[0],
                      show_default=True, help="Compute dtype (fp32 is exact).")
-workers = click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
-                       help="Videos decoded at once (one decoder each; use the CPU cores a GPU leaves free).")
+workers = click.option(
+    "--workers", type=click.IntRange(min=1), default=None,
+    help=f"Videos decoded at once (one decoder each). Default: {CPU_WORKERS} with the model on the CPU; "
+         f"on a GPU the usable CPU cores less one ({CPU_WORKERS} to {MAX_DEFAULT_WORKERS}).")
 worker_kind = click.option(
     "--worker-kind", type=click.Choice(WORKER_KINDS), default=WORKER_KINDS[0], show_default=True,
     help="process: each decoder in its own forked process (no GIL shared: scales with cores; Linux); "

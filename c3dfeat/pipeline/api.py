@@ -25,6 +25,7 @@ from c3dfeat.pipeline.run import (
     run_batch_size,
 )
 from c3dfeat.pipeline.scheduler import LocalScheduler
+from c3dfeat.runtime import default_workers
 from c3dfeat.transforms import Crops
 from c3dfeat.video import parse_decode_device
 
@@ -64,7 +65,7 @@ def extract(
     dtype: str = "fp32",
     allow_tf32: bool = False,
     batch_size: Optional[int] = None,
-    workers: int = 2,
+    workers: Optional[int] = None,
     worker_kind: str = "auto",
     decoder: str = "pyav",
     decode_device: str = "cpu",
@@ -106,7 +107,8 @@ def extract(
         batch_size: clips per forward pass (each clip counts once, whatever the crops);
             None: the batch size of the file being resumed (same device type), else 3 on CPU,
             larger on CUDA (c3dfeat.runtime.default_batch_size).
-        workers: decoders running at once.
+        workers: decoders running at once; None: 2 for a model on the CPU, and on a GPU the
+            usable CPU cores less one, 2 to 32 (c3dfeat.runtime.default_workers; recorded).
         worker_kind: "process" (forked decode processes, no GIL shared: Linux), "thread" (decode
             threads in this process) or "auto" (processes for a model on a GPU or more than 4
             workers, where fork is safe; else threads).
@@ -165,6 +167,8 @@ def extract(
                               "use worker_kind='thread' (or 'auto') with decode_device")
         worker_kind = "thread"
     dev = pick_device(device)
+    if workers is None:
+        workers = default_workers(dev)
     kind = resolve_worker_kind(worker_kind, dev.type, workers)
     prepare_runtime(dev, allow_tf32)
     batch_size = run_batch_size(batch_size, output, overwrite, dev, [r.name for r in reqs])

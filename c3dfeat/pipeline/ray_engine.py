@@ -60,6 +60,7 @@ from c3dfeat.pipeline.run import (
     resolve_tasks,
     run_batch_size,
 )
+from c3dfeat.runtime import default_workers
 
 __all__ = ["extract_ray"]
 
@@ -351,7 +352,7 @@ def extract_ray(
     dtype: str = "fp32",
     allow_tf32: bool = False,
     batch_size: Optional[int] = None,
-    workers: int = 2,
+    workers: Optional[int] = None,
     worker_kind: str = "auto",
     decoder: str = "pyav",
     decode_device: str = "cpu",
@@ -380,7 +381,8 @@ def extract_ray(
     """:func:`c3dfeat.extract` on Ray Data: same arguments, same file (docs/scale.md).
 
     ``ray_address``: None starts a local runtime with ``workers`` decode CPUs plus one for
-    inference (stopped at the end); ``"auto"`` (or ``"host:6379"``) joins a running cluster.
+    inference (stopped at the end; None: as in c3dfeat.extract, for this machine's device);
+    ``"auto"`` (or ``"host:6379"``) joins a running cluster.
     A Ray runtime already initialised in this process is used as it is. `max_pending` is not
     used: Ray Data's backpressure bounds what is in flight. `worker_kind` neither: decode tasks
     always run in Ray's worker processes. `decode_device` must be "cpu".
@@ -409,6 +411,8 @@ def extract_ray(
     importing = builder.submit(importlib.import_module, "ray.data")
     builder.shutdown(wait=False)  # its one job still runs; the thread ends with it
     trace("extract start")
+    if workers is None:  # this machine's: only a local runtime uses it (a cluster's driver may have no GPU)
+        workers = default_workers("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
     started = _start_ray(ray_address, workers)
     trace("ray.init done")
     try:

@@ -29,7 +29,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 
 def check_options(models: Sequence[Any], *, weights: Optional[PathLike], dtype: str, crop_reduce: str,
-                  batch_size: Optional[int], workers: int, decoder: str,
+                  batch_size: Optional[int], workers: Optional[int], decoder: str,
                   decode_device: str = "cpu") -> List[ModelRequest]:
     """The model requests of a run, after the checks both engines make (ConfigError otherwise).
     A `decode_device` other than "cpu" is checked on this machine (torchcodec, CUDA) here, so a
@@ -45,7 +45,7 @@ def check_options(models: Sequence[Any], *, weights: Optional[PathLike], dtype: 
         raise ConfigError(f"dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {dtype!r}")
     if crop_reduce not in ("mean", "none"):
         raise ConfigError(f"crop_reduce must be 'mean' or 'none', got {crop_reduce!r}")
-    if (batch_size is not None and batch_size < 1) or workers < 1:
+    if (batch_size is not None and batch_size < 1) or (workers is not None and workers < 1):
         raise ConfigError(f"batch_size and workers must be >= 1, got {batch_size} and {workers}")
     from c3dfeat.video import BACKENDS
 
