@@ -4,7 +4,7 @@ decoder counts.
     from c3dfeat.runtime import configure_allocator, default_batch_size, default_workers
     configure_allocator()                      # once, before the first large allocation
     default_batch_size("cpu", "c3d")           # -> 3
-    default_workers("cuda")                    # -> the usable CPU cores less one, 2..32
+    default_workers("cuda")                    # -> the usable CPU cores per GPU less one, 2..32
 
 Why the allocator matters: a 3D ConvNet's activations are tens of MB per batch (C3D conv1 at
 batch 4: 4x64x16x112x112 floats = 205 MB), far above glibc's dynamic mmap threshold (32 MiB at
@@ -147,13 +147,19 @@ _CGROUP_ROOT = Path("/sys/fs/cgroup")
 _PROC_CGROUP = Path("/proc/self/cgroup")
 
 
-def default_workers(device: object) -> int:
+def default_workers(device: object, gpus: Optional[int] = None) -> int:
     """Default decoders for a model on `device` ("cpu", "cuda", "cuda:1", torch.device):
-    CPU_WORKERS on a CPU; on a GPU the usable cores less one, at least 2, at most MAX_DEFAULT_WORKERS."""
+    CPU_WORKERS on a CPU; on a GPU this GPU's share of the usable cores (one run per GPU is how a
+    machine's GPUs are used: `--device cuda:K` each) less one, at least 2, at most
+    MAX_DEFAULT_WORKERS. `gpus`: the GPUs sharing the cores (None: the visible ones)."""
     kind = str(getattr(device, "type", device)).split(":")[0]
     if kind != "cuda":
         return CPU_WORKERS
-    return max(CPU_WORKERS, min(MAX_DEFAULT_WORKERS, usable_cores() - 1))
+    if gpus is None:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    return max(CPU_WORKERS, min(MAX_DEFAULT_WORKERS, usable_cores() // max(1, gpus) - 1))
 
 
 def usable_cores() -> int:

@@ -77,11 +77,14 @@ def test_default_batch_size():
 
 
 # ----------------------------------------------------------------------------- decoders
-@pytest.mark.parametrize("cores,expected", [(1, 2), (2, 2), (3, 2), (4, 3), (16, 15), (64, 32)])
-def test_default_workers(monkeypatch, cores, expected):
+@pytest.mark.parametrize("cores,gpus,expected", [(1, 1, 2), (2, 1, 2), (3, 1, 2), (4, 1, 3), (16, 1, 15),
+                                                 (64, 1, 32), (64, 4, 15), (96, 8, 11), (16, 8, 2)])
+def test_default_workers(monkeypatch, cores, gpus, expected):
     monkeypatch.setattr(runtime, "usable_cores", lambda: cores)
-    assert runtime.default_workers("cuda") == runtime.default_workers(torch.device("cuda", 1)) == expected
+    assert runtime.default_workers("cuda", gpus) == runtime.default_workers(torch.device("cuda", 1), gpus) == expected
     assert runtime.default_workers("cpu") == runtime.default_workers(torch.device("cpu")) == runtime.CPU_WORKERS == 2
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    assert runtime.default_workers("cuda") == expected  # the visible GPUs share the cores
 
 
 def _fake_cgroups(tmp_path, monkeypatch, proc_lines: str, files: Dict[str, str], affinity: int = 16) -> None:
@@ -101,8 +104,7 @@ def test_usable_cores_follow_a_cgroup_v2_quota_of_the_job_or_a_parent(tmp_path, 
     _fake_cgroups(tmp_path, monkeypatch, "0::/job/step\n",
                   {"job/step/cpu.max": "max 100000\n", "job/cpu.max": "350000 100000\n", "cpu.max": "max 100000\n"})
     assert runtime.usable_cores() == 4
-    monkeypatch.setattr(runtime, "usable_cores", runtime.usable_cores)
-    assert runtime.default_workers("cuda") == 3
+    assert runtime.default_workers("cuda", gpus=1) == 3
 
 
 def test_usable_cores_follow_a_cgroup_v1_quota(tmp_path, monkeypatch):

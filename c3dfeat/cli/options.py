@@ -85,7 +85,7 @@ dtype = click.option("--dtype", type=click.Choice(COMPUTE_DTYPES), default=COMPU
 workers = click.option(
     "--workers", type=click.IntRange(min=1), default=None,
     help=f"Videos decoded at once (one decoder each). Default: {CPU_WORKERS} with the model on the CPU; "
-         f"on a GPU the usable CPU cores less one ({CPU_WORKERS} to {MAX_DEFAULT_WORKERS}).")
+         f"on a GPU the usable CPU cores per visible GPU less one ({CPU_WORKERS} to {MAX_DEFAULT_WORKERS}).")
 worker_kind = click.option(
     "--worker-kind", type=click.Choice(WORKER_KINDS), default=WORKER_KINDS[0], show_default=True,
     help="process: each decoder in its own forked process (no GIL shared: scales with cores; Linux); "
