@@ -137,10 +137,11 @@ def default_batch_size(device: object, model_name: str = "") -> int:
 
 # Decoders (`workers`) when none are asked for. A model on the CPU takes the cores and decoding is
 # ~1-2 % of its work (C3D: ~4 ms of decoding per clip against ~330 ms of CPU time in the model),
-# so 2 decoders keep it fed (docs/extract.md). A model on a GPU waits for the decoders: every
-# usable core decodes but one, which the calling process needs (batching, copies, commits:
-# ~0.25-0.4 ms per clip, a whole core at a few thousand clips/s). Past ~32 decoders that calling
-# process is the limit, and each decoder still costs its memory (~65 MiB, and its rings).
+# so 2 decoders keep it fed (docs/extract.md). A model on a GPU waits for the decoders: the GPU's
+# share of the usable cores decodes, less one core, which the calling process needs (batching,
+# copies, commits: ~0.25-0.4 ms per clip, a whole core at a few thousand clips/s). Past ~32
+# decoders that calling process is the limit, and each decoder still costs its memory (~65 MiB,
+# and its rings).
 CPU_WORKERS = 2
 MAX_DEFAULT_WORKERS = 32
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
