@@ -152,6 +152,7 @@ def test_cpu_decode_device_changes_nothing(tmp_path, videos):
     assert (rep.skipped, rep.ok) == (2, 0)
 
 
+@needs_torchcodec  # the fake GPU's readers decode with torchcodec on the CPU
 def test_cuda_decoding_reaches_the_reader_and_the_provenance(tmp_path, videos, fake_gpu):
     out = tmp_path / "gpu.h5"
     rep = _run(videos, out, decoder="torchcodec", decode_device="cuda", workers=2)
