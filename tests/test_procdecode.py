@@ -432,6 +432,22 @@ def test_closing_decode_processes_asks_them_all_before_waiting_for_any(monkeypat
     assert all(c.exitcode == 0 for c in children)  # stopped politely, all of them
 
 
+def test_a_decode_process_hands_its_clips_over_in_groups(tmp_path, videos, monkeypatch):
+    """One queue item per pipe message of clips, not one per clip: with many children on one
+    queue, per-clip hand-overs dominated the calling process's CPU (docs/extract.md)."""
+    from c3dfeat.pipeline import scheduler as scheduler_module
+    from c3dfeat.pipeline.decode import ClipReady
+
+    items: list = []
+    put = scheduler_module.LocalScheduler._put
+    monkeypatch.setattr(scheduler_module.LocalScheduler, "_put", lambda self, msg: items.append(msg) or put(self, msg))
+    rep = _run(videos, tmp_path / "f.h5", workers=2, batch_size=3, worker_kind="process")
+    groups = [m for m in items if isinstance(m, list)]
+    assert not [m for m in items if isinstance(m, ClipReady)]  # no clip travels alone
+    assert all(isinstance(c, ClipReady) for g in groups for c in g)
+    assert sum(len(g) for g in groups) == rep.clips and max(len(g) for g in groups) > 1
+
+
 def test_a_decode_process_computes_each_clip_straight_into_its_buffer(tmp_path, videos, monkeypatch):
     """No clip tensor of its own and no copy: every clip a child sends is the ring buffer it was
     computed into (decode_video's clip_buffer); the file is unchanged (the threads test above)."""

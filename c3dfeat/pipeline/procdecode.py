@@ -12,9 +12,10 @@ Each child owns, per model, a ring of clip buffers in shared memory (pipeline.ri
 the fork, so both sides use the same pages: no per-clip allocation or page faults, no /dev/shm
 file), a busy flag per buffer and a semaphore counting the free ones. The child decodes with
 `decode_video`, which computes each clip straight into a free buffer (`clip_buffer`), and sends
-small tuples over a pipe, half a ring's worth per message (fewer wakeups of the parent). The
-parent lends that buffer itself to the batch (`ClipReady.tensor` is a view of it,
-`ClipReady.release` a `SlotLoan` that frees it). On a CPU device a batch of one child's
+small tuples over a pipe, half a ring's worth per message (fewer wakeups of the parent), which
+reach the scheduler's queue as one list (`decode_grouped`). The parent lends that buffer
+itself to the batch (`ClipReady.tensor` is a view of it, `ClipReady.release` a `SlotLoan` that
+frees it). On a CPU device a batch of one child's
 consecutive buffers runs where it lies (the ring is mirrored so that this holds across its wrap
 too); otherwise the batch copies each clip and frees its buffer: at most one copy of a clip in
 the parent. A ring holds two batches and two clips (`slots_for`), so the child runs that far
@@ -54,7 +55,7 @@ import sys
 import threading
 import traceback
 from multiprocessing.connection import Connection
-from typing import Any, Generator, List, Optional, Sequence, Tuple
+from typing import Any, Generator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -154,6 +155,16 @@ class DecodeProcess:
         """The messages of `decode_video(task, ...)`, computed in the child. Closing the
         generator before the video's last message kills the child (it is mid-video) and forks
         a fresh one."""
+        for msg in self.decode_grouped(task):
+            if isinstance(msg, list):
+                yield from msg
+            else:
+                yield msg
+
+    def decode_grouped(self, task: VideoTask) -> Generator[Union[DecodeMessage, List[ClipReady]], None, None]:
+        """`decode`, with the clips of each pipe message as one list: one hand-over to the
+        consumer per group instead of per clip (the scheduler's queue; with 16 children on one
+        queue, per-clip hand-overs cost the calling process more than the clips' batching)."""
         if self._conn is None:
             self._start()
         conn = self._conn
@@ -170,9 +181,9 @@ class DecodeProcess:
                     finished = True
                     return
                 if type(msg) is tuple and msg[0] == _CLIPS:
-                    for seq, m, clip, slot in msg[1]:
-                        ring = self._rings[m]
-                        yield ClipReady(seq, m, clip, ring.data[slot], ring.loan(slot))
+                    rings = self._rings
+                    yield [ClipReady(seq, m, clip, rings[m].data[slot], rings[m].loan(slot))
+                           for seq, m, clip, slot in msg[1]]
                     continue
                 if type(msg) is tuple and msg[0] == _CRASH:
                     finished = True

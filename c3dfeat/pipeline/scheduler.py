@@ -34,7 +34,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, Generator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -192,6 +192,9 @@ class LocalScheduler:
     def _handle(self, msg: Any) -> None:
         if isinstance(msg, ClipReady):
             self.batch(msg)
+        elif isinstance(msg, list):  # a decode process's group of clips
+            for clip in msg:
+                self.batch(clip)
         elif isinstance(msg, VideoStart):
             self.clips_planned += self.assembler.start(msg)
             self._emit("start", msg.record.id)
@@ -243,8 +246,9 @@ class LocalScheduler:
                     break
                 seq = self._claim_order[nth]
                 task = self.tasks[seq]
-                messages = (self._procs[index].decode(task) if self._procs
-                            else decode_video(task, self.models, self.decoder, **self._decode_options))
+                messages: Generator[Any, None, None] = (
+                    self._procs[index].decode_grouped(task) if self._procs
+                    else decode_video(task, self.models, self.decoder, **self._decode_options))
                 try:
                     for msg in messages:
                         self._put(msg)
@@ -360,7 +364,8 @@ class LocalScheduler:
         try:
             while True:
                 msg = self._queue.get_nowait()
-                if isinstance(msg, ClipReady) and msg.release is not None:
-                    msg.release()  # so that a decode process waiting for a buffer can stop politely
+                for clip in msg if isinstance(msg, list) else [msg]:
+                    if isinstance(clip, ClipReady) and clip.release is not None:
+                        clip.release()  # so that a decode process waiting for a buffer can stop politely
         except queue.Empty:
             pass
