@@ -279,15 +279,16 @@ def test_copy_helpers_assemble_the_same_batches_and_padding_stays_zero():
 
 
 def test_copy_helpers_only_for_large_cuda_batches_on_many_cores(monkeypatch):
+    from c3dfeat import runtime
     from c3dfeat.pipeline import batching
 
-    monkeypatch.setattr(batching.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 16)
     cuda = torch.device("cuda")
     assert batching.default_copy_threads(cuda, 32) == 4 and batching.default_copy_threads(CPU, 32) == 0
     assert batching.default_copy_threads(cuda, 4) == 0
-    monkeypatch.setattr(batching.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 8)
     assert batching.default_copy_threads(cuda, 32) == 2
-    monkeypatch.setattr(batching.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 4)
     assert batching.default_copy_threads(cuda, 32) == 0
 
 

@@ -26,13 +26,13 @@ batch does not change their features (above), and rows are rows: the same bits e
 """
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Dict, Generic, Hashable, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 import torch
 
+from c3dfeat import runtime
 from c3dfeat.models import extract_layers
 from c3dfeat.pipeline.plan import COMPUTE_DTYPES, PreparedModel
 from c3dfeat.pipeline.ring import ClipRing, SlotLoan
@@ -283,7 +283,7 @@ def default_copy_threads(device: torch.device, batch_size: int) -> int:
     model that does no work; 2 cores, so the helpers compete with the decoders): 2 helpers took
     the main thread from 0.42-0.50 to 0.32-0.38 ms per clip. On CPU the model is the bound (the
     copy is < 1 % of C3D's compute) and the cores are the model's and the decoders'."""
-    cores = os.cpu_count() or 1
+    cores = runtime.usable_cores()  # a job's CPU quota, not the node's cores
     if device.type != "cuda" or batch_size < 8 or cores < 8:
         return 0
     return min(4, cores // 4)
