@@ -255,3 +255,19 @@ def test_weights_converted_inside_inference_mode_stay_ordinary_tensors(tiny_lw):
     y = m.forward_layers(x.requires_grad_(), ["pool"])["pool"]  # autograd on
     y.sum().backward()
     assert x.grad is not None
+
+
+def test_a_cpu_run_uses_no_more_torch_threads_than_its_cpu_quota_allows(monkeypatch):
+    from c3dfeat.pipeline.run import prepare_runtime
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setattr(runtime, "usable_cores", lambda: 1)  # e.g. a pod limited to one CPU
+        prepare_runtime(torch.device("cpu"), allow_tf32=False)
+        assert torch.get_num_threads() == 1
+        monkeypatch.setattr(runtime, "usable_cores", lambda: 8)  # more than asked: left as set
+        prepare_runtime(torch.device("cpu"), allow_tf32=False)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
