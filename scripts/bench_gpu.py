@@ -20,7 +20,8 @@ Prints one table:
   clips/s of the pipeline's own batch runner (pinned buffers, asynchronous copies, the model's
   layout) and the peak GPU memory;
 * end to end (`c3dfeat.extract`, random-init C3D, HDF5 output) on synthetic H.264 videos of
-  320x240 and 1280x720: CPU decoding with PyAV (workers = CPU cores) and GPU decoding with
+  320x240 and 1280x720: CPU decoding with PyAV (the default workers: on a GPU the usable cores
+  less one, c3dfeat.runtime.default_workers) and GPU decoding with
   torchcodec (`decode_device="cuda"`, NVDEC; frames come back to the host for the transform).
   The end-to-end ratio to the model-only figure says how far decoding is from feeding the GPU;
   "cores/1k" (host CPU seconds per clip x 1000) says how many CPU cores 1000 clips/s keep busy
@@ -53,7 +54,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 import torch  # noqa: E402
 
-from c3dfeat.runtime import configure_allocator, default_batch_size  # noqa: E402
+from c3dfeat.runtime import configure_allocator, default_batch_size, default_workers  # noqa: E402
 
 MODELS = ("c3d", "r2plus1d_18", "r2plus1d_34", "ir_csn_152")
 
@@ -218,7 +219,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     out = args.cache_dir / "bench_gpu.h5"
     for size in ((240, 320), (720, 1280)):
         folder = _videos(args.cache_dir, size, video_seconds, copies=max(2, min(cores, 4 if args.quick else 32)))
-        plans = [("pyav", "cpu", min(cores, 32))]  # workers = cores (capped)
+        plans = [("pyav", "cpu", default_workers(dev))]  # what a user gets: on a GPU the cores less one
         if has_tc and dev.type == "cpu":
             plans.append(("torchcodec", "cpu", max(1, min(cores, 4))))
         elif not gpu_decoding:  # NVDEC does the decoding: a few host threads copy and transform
