@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 __all__ = ["ALLOCATOR_ENV", "configure_allocator", "allocator_settings", "default_batch_size", "default_workers",
-           "usable_cores", "CPU_WORKERS", "MAX_DEFAULT_WORKERS"]
+           "usable_cores", "CPU_WORKERS", "MAX_DEFAULT_WORKERS", "GPU_DECODE_WORKERS"]
 
 #: Environment variable: "system" leaves the C allocator untouched.
 ALLOCATOR_ENV = "C3DFEAT_MALLOC"
@@ -144,15 +144,22 @@ def default_batch_size(device: object, model_name: str = "") -> int:
 # and its rings).
 CPU_WORKERS = 2
 MAX_DEFAULT_WORKERS = 32
+# Decoding on the GPU (NVDEC, decode_device="cuda"): the GPU's decoder engines do the work and a
+# few host threads copy and transform the frames. Not measured (no GPU at hand); each thread also
+# holds a decoder session on the GPU.
+GPU_DECODE_WORKERS = 4
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
 _PROC_CGROUP = Path("/proc/self/cgroup")
 
 
-def default_workers(device: object, gpus: Optional[int] = None) -> int:
+def default_workers(device: object, gpus: Optional[int] = None, decode_device: str = "cpu") -> int:
     """Default decoders for a model on `device` ("cpu", "cuda", "cuda:1", torch.device):
     CPU_WORKERS on a CPU; on a GPU this GPU's share of the usable cores (one run per GPU is how a
     machine's GPUs are used: `--device cuda:K` each) less one, at least 2, at most
-    MAX_DEFAULT_WORKERS. `gpus`: the GPUs sharing the cores (None: the visible ones)."""
+    MAX_DEFAULT_WORKERS. `gpus`: the GPUs sharing the cores (None: the visible ones). Decoding on
+    a GPU (`decode_device` not "cpu"): GPU_DECODE_WORKERS."""
+    if decode_device != "cpu":
+        return GPU_DECODE_WORKERS
     kind = str(getattr(device, "type", device)).split(":")[0]
     if kind != "cuda":
         return CPU_WORKERS

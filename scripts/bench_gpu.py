@@ -223,7 +223,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if has_tc and dev.type == "cpu":
             plans.append(("torchcodec", "cpu", max(1, min(cores, 4))))
         elif not gpu_decoding:  # NVDEC does the decoding: a few host threads copy and transform
-            plans.append(("torchcodec", str(dev), max(1, min(cores, 4))))
+            plans.append(("torchcodec", str(dev), default_workers(dev, decode_device=str(dev))))
         for decoder, ddev, workers in plans:
             for dtype in ("fp32", "bf16"):
                 if args.quick and dtype == "bf16":

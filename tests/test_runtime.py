@@ -85,6 +85,8 @@ def test_default_workers(monkeypatch, cores, gpus, expected):
     assert runtime.default_workers("cpu") == runtime.default_workers(torch.device("cpu")) == runtime.CPU_WORKERS == 2
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
     assert runtime.default_workers("cuda") == expected  # the visible GPUs share the cores
+    # NVDEC decodes: a few host threads, whatever the cores
+    assert runtime.default_workers("cuda", gpus, decode_device="cuda:0") == runtime.GPU_DECODE_WORKERS == 4
 
 
 def _fake_cgroups(tmp_path, monkeypatch, proc_lines: str, files: Dict[str, str], affinity: int = 16) -> None:
@@ -135,12 +137,12 @@ def test_extract_without_workers_uses_the_default_for_its_device_and_records_it(
     from tests.synth import make_video
 
     asked = []
-    monkeypatch.setattr(api, "default_workers", lambda dev: asked.append(str(dev)) or 3)
+    monkeypatch.setattr(api, "default_workers", lambda dev, decode_device: asked.append((str(dev), decode_device)) or 3)
     make_video(tmp_path / "v" / "a.mp4", 8, size=(32, 32))
     api.extract([tmp_path / "v"], tmp_path / "f.h5", ["tiny3d"], random_init=True, device="cpu")
     with h5py.File(tmp_path / "f.h5", "r") as f:
         run = json.loads(f.attrs["run"])
-    assert asked == ["cpu"] and run["workers"] == 3 and run["worker_kind"] == "thread"
+    assert asked == [("cpu", "cpu")] and run["workers"] == 3 and run["worker_kind"] == "thread"
 
 
 # ----------------------------------------------------------------------------- layout

@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, TypeVar, Union
 import click
 
 from c3dfeat.evaluate.choices import DATASETS, DEFAULT_CS, NORMS, SOLVERS
-from c3dfeat.runtime import CPU_WORKERS, MAX_DEFAULT_WORKERS
+from c3dfeat.runtime import CPU_WORKERS, GPU_DECODE_WORKERS, MAX_DEFAULT_WORKERS
 from c3dfeat.sampling import SamplingConfig
 from c3dfeat.specs import COMPUTE_DTYPES, CROP_MODES, CROP_REDUCTIONS, WORKER_KINDS
 from c3dfeat.video import BACKENDS, DECODE_DEVICES, parse_decode_device
@@ -85,7 +85,8 @@ dtype = click.option("--dtype", type=click.Choice(COMPUTE_DTYPES), default=COMPU
 workers = click.option(
     "--workers", type=click.IntRange(min=1), default=None,
     help=f"Videos decoded at once (one decoder each). Default: {CPU_WORKERS} with the model on the CPU; "
-         f"on a GPU the usable CPU cores per visible GPU less one ({CPU_WORKERS} to {MAX_DEFAULT_WORKERS}).")
+         f"on a GPU the usable CPU cores per visible GPU less one ({CPU_WORKERS} to {MAX_DEFAULT_WORKERS}); "
+         f"{GPU_DECODE_WORKERS} with --decode-device cuda.")
 worker_kind = click.option(
     "--worker-kind", type=click.Choice(WORKER_KINDS), default=WORKER_KINDS[0], show_default=True,
     help="process: each decoder in its own forked process (no GIL shared: scales with cores; Linux); "

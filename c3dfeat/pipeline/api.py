@@ -108,8 +108,8 @@ def extract(
             None: the batch size of the file being resumed (same device type), else 3 on CPU,
             larger on CUDA (c3dfeat.runtime.default_batch_size).
         workers: decoders running at once; None: 2 for a model on the CPU, and on a GPU the
-            usable CPU cores per visible GPU less one, 2 to 32 (c3dfeat.runtime.default_workers;
-            recorded).
+            usable CPU cores per visible GPU less one, 2 to 32; 4 when decoding on the GPU
+            (c3dfeat.runtime.default_workers; recorded).
         worker_kind: "process" (forked decode processes, no GIL shared: Linux), "thread" (decode
             threads in this process) or "auto" (processes for a model on a GPU or more than 4
             workers, where fork is safe; else threads).
@@ -169,7 +169,7 @@ def extract(
         worker_kind = "thread"
     dev = pick_device(device)
     if workers is None:
-        workers = default_workers(dev)
+        workers = default_workers(dev, decode_device=decode_device)
     kind = resolve_worker_kind(worker_kind, dev.type, workers)
     prepare_runtime(dev, allow_tf32)
     batch_size = run_batch_size(batch_size, output, overwrite, dev, [r.name for r in reqs])
