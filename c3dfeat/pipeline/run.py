@@ -65,10 +65,11 @@ def prepare_runtime(device: torch.device, allow_tf32: bool) -> None:
     from c3dfeat.runtime import configure_allocator, usable_cores
 
     configure_allocator()  # freed activations stay in the heap: no page churn (C3DFEAT_MALLOC=system: off)
-    if device.type == "cpu" and torch.get_num_threads() > usable_cores():
+    cores = usable_cores()
+    if device.type == "cpu" and torch.get_num_threads() > cores:
         # torch counts the node's cores; a container's or batch job's CPU quota allows fewer, and
         # OpenMP threads past the quota stall each other at every barrier once it throttles.
-        torch.set_num_threads(usable_cores())
+        torch.set_num_threads(cores)
     if device.type == "cuda":
         # fp32 stays exact: TF32 rounds matmul / conv inputs to 10 mantissa bits.
         torch.backends.cuda.matmul.allow_tf32 = allow_tf32
