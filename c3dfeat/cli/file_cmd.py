@@ -92,8 +92,9 @@ def repair_command(file: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(r, indent=2, default=str))
     elif r["repaired"]:
+        mended = f", {len(r['headers_mended'])} torn dataset headers mended" if r["headers_mended"] else ""
         click.echo(f"repaired {file}: {r['videos']} committed videos kept, {r['rows_cut']} uncommitted "
-                   f"rows cut; state {r['state']}")
+                   f"rows cut{mended}; state {r['state']}")
     else:
         click.echo(f"{file} needed no repair ({r['videos']} videos, state {r['state']})")
 

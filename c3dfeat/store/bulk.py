@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 
 from c3dfeat.errors import ProvenanceMismatchError, StoreError
-from c3dfeat.store.files import open_read
+from c3dfeat.store.files import WRITE_OPTIONS, open_read
 from c3dfeat.store.schema import (
     RUN_ATTRS,
     STATE_COMPLETE,
@@ -90,7 +90,7 @@ def copy_rows(
                 sel = file_of == k
                 oc[sel] = counts[m.key][k][row_of[sel]]
             out_counts[m.key] = oc
-        with h5py.File(tmp, "w", libver="latest", rdcc_nbytes=0) as dst:
+        with h5py.File(tmp, "w", rdcc_nbytes=0, **WRITE_OPTIONS) as dst:
             create_layout(dst, models, provenance, storage_dtype, run_attrs)
             _presize(dst, models, n_out, {k: int(v.sum()) for k, v in out_counts.items()})
             itemsize = np.dtype(storage_dtype).itemsize

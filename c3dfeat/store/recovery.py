@@ -1,21 +1,23 @@
-"""After a killed writer: the superblock flag (lookup3 checksum), cutting uncommitted rows, repair.
+"""After a killed writer: the superblock flag (lookup3 checksum), torn headers, cutting uncommitted rows, repair.
 
 A killed SWMR writer leaves the superblock's "open for writing" flags set; plain ``h5py.File(p, "r")``
 then refuses the file. :func:`recover_file` clears them (what ``h5clear -s --increment`` does),
-:func:`truncate_to_committed` cuts rows past ``/committed``, :func:`repair` does both.
+:func:`mend_torn_headers` rewrites dataset headers a kill tore in half (files written before their
+headers were page-aligned), :func:`truncate_to_committed` cuts rows past ``/committed``;
+:func:`repair` does all three.
 """
 from __future__ import annotations
 
 import os
 import struct
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import h5py
 
 from c3dfeat.errors import StoreError
 from c3dfeat.store.files import RunLock, open_write
-from c3dfeat.store.schema import FORMAT, STATE_INCOMPLETE, STR, TABLE_CHUNK
+from c3dfeat.store.schema import FORMAT, FORMAT_VERSION, STATE_INCOMPLETE, STR, TABLE_CHUNK
 
 
 def _lookup3(data: bytes, initval: int = 0) -> int:
@@ -110,6 +112,106 @@ def recover_file(path: Union[str, Path]) -> bool:
     return True
 
 
+class _NotMendable(Exception):
+    pass
+
+
+def _header_chunk(fd: int, addr: int) -> Tuple[bytearray, int]:
+    """Chunk 0 of the version-2 object header at `addr` (checksum last) and where its messages start."""
+    head = os.pread(fd, 6, addr)
+    if head[:4] != b"OHDR" or head[4] != 2:
+        raise _NotMendable("not a version-2 object header")
+    flags = head[5]
+    size_at = 6 + (16 if flags & 0x20 else 0) + (4 if flags & 0x10 else 0)  # times, attribute phase change
+    width = 1 << (flags & 3)
+    size0 = int.from_bytes(os.pread(fd, width, addr + size_at), "little")
+    oh = bytearray(os.pread(fd, size_at + width + size0 + 4, addr))
+    return oh, size_at + width
+
+
+def _first_dim_at(oh: bytearray, messages_at: int) -> int:
+    """Offset of the dataspace message's first dimension (version 2, 8-byte lengths) in `oh`."""
+    msg_head = 6 if oh[5] & 0x04 else 4  # type, size, flags [, creation order]
+    p = messages_at
+    while p + msg_head <= len(oh) - 4:
+        kind, size = oh[p], int.from_bytes(oh[p + 1 : p + 3], "little")
+        if kind == 0x01:  # dataspace
+            if oh[p + msg_head] != 2 or oh[p + msg_head + 1] < 1:
+                raise _NotMendable("not a version-2 dataspace")
+            return p + msg_head + 4
+        p += msg_head + size
+    raise _NotMendable("no dataspace message in the header's first chunk")
+
+
+def _checksum_ok(oh: bytearray) -> bool:
+    return struct.unpack("<I", oh[-4:])[0] == _lookup3(bytes(oh[:-4]))
+
+
+def _dataset_addresses(f: h5py.File) -> Dict[str, int]:
+    """Header address of every table and feature dataset, read from the links (opening a torn one fails)."""
+    groups = ["videos"]
+    for key in f["models"]:
+        groups += [f"models/{key}/videos", f"models/{key}/clips"]
+        groups += [f"models/{key}/layers/{name}" for name in f[f"models/{key}/layers"]]
+    addresses = {}
+    for path in groups:
+        g = f[path]  # held: the link proxy needs the group open
+        for name in g:
+            addresses[f"{path}/{name}"] = g.id.links.get_info(name.encode()).u
+    return addresses
+
+
+def _clip_indexed(name: str) -> bool:
+    return "/clips/" in name or name.endswith("/clip_features")
+
+
+def mend_torn_headers(path: Union[str, Path]) -> List[str]:
+    """Rewrite the dataset headers a killed writer tore; returns their names (empty: none torn).
+
+    Every commit rewrites each dataset's object header with its new length. When that header
+    straddles two pages, a SIGKILL between them leaves the new first part and the old checksum, and
+    HDF5 refuses the dataset ("incorrect metadata checksum"). The two versions differ only in the
+    first dimension, so setting it to the committed row count and recomputing the checksum gives
+    exactly the header of the committed state. Files written since headers are page-aligned
+    (``files.WRITE_OPTIONS``) cannot tear this way. Call only after :func:`recover_file`.
+    """
+    with h5py.File(path, "r") as f:
+        if f.attrs.get("format") != FORMAT or int(f.attrs.get("format_version", 1)) != FORMAT_VERSION:
+            return []  # not a file this writer appends to
+        committed = int(f["committed"][0])
+        addresses = _dataset_addresses(f)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        torn = {}
+        for name, addr in addresses.items():
+            oh, messages_at = _header_chunk(fd, addr)
+            if not _checksum_ok(oh):
+                torn[name] = (addr, oh, _first_dim_at(oh, messages_at))
+        if not torn:
+            return []
+        clips: Dict[str, int] = {}
+        for clip_pass in (False, True):
+            if clip_pass and any(_clip_indexed(name) for name in torn):
+                with h5py.File(path, "r") as f:  # clip counts come from the (now mended) video tables
+                    clips = {key: clip_count(f, key, committed) for key in f["models"]}
+            for name, (addr, oh, dim_at) in torn.items():
+                if _clip_indexed(name) != clip_pass:
+                    continue
+                rows = clips[name.split("/")[1]] if clip_pass else committed
+                oh[dim_at : dim_at + 8] = struct.pack("<Q", rows)
+                oh[-4:] = struct.pack("<I", _lookup3(bytes(oh[:-4])))
+                os.pwrite(fd, bytes(oh), addr)
+            os.fsync(fd)
+    except _NotMendable as e:
+        raise StoreError(
+            f"{path}: an HDF5 header torn by the kill cannot be mended ({e}); the committed videos of "
+            "the other datasets are still readable with FeatureFile, or use --overwrite to start over"
+        ) from None
+    finally:
+        os.close(fd)
+    return sorted(torn)
+
+
 def clip_count(f: h5py.File, key: str, num_videos: int) -> int:
     """Committed clip rows of model `key`: where the last committed video's clips end."""
     if num_videos == 0:
@@ -169,7 +271,8 @@ def repair(path: Union[str, Path]) -> Dict[str, Any]:
     nothing is left untouched. Refused while a writer is running.
 
     Returns:
-        {"path", "repaired": bool, "flag_cleared": bool, "rows_cut": int, "videos": int, "state"}
+        {"path", "repaired": bool, "flag_cleared": bool, "headers_mended": [dataset names],
+        "rows_cut": int, "videos": int, "state"}
     """
     path = Path(path)
     if not path.exists():
@@ -177,13 +280,15 @@ def repair(path: Union[str, Path]) -> Dict[str, Any]:
     lock = RunLock(path)
     try:
         flag_cleared = recover_file(path)
+        mended = mend_torn_headers(path)
+        killed = flag_cleared or bool(mended)  # (a torn header with the flag clear: h5clear was run)
         with open_write(path) as f:
             if f.attrs.get("format") != FORMAT:
                 raise StoreError(f"{path} is not a c3dfeat feature file")
-            needs_cut = flag_cleared or any(ds.shape[0] != int(f["committed"][0]) for ds in f["videos"].values())
-            rows_cut = truncate_to_committed(f, rebuild_strings=flag_cleared) if needs_cut else 0
+            needs_cut = killed or any(ds.shape[0] != int(f["committed"][0]) for ds in f["videos"].values())
+            rows_cut = truncate_to_committed(f, rebuild_strings=killed) if needs_cut else 0
             n = int(f["committed"][0])
-            if flag_cleared and "state" in f.attrs:
+            if killed and "state" in f.attrs:
                 f.attrs["state"] = STATE_INCOMPLETE
                 f.attrs["state_reason"] = (
                     f"repaired after a killed run: {n} committed videos kept, {rows_cut} uncommitted rows cut; "
@@ -192,5 +297,5 @@ def repair(path: Union[str, Path]) -> Dict[str, Any]:
             state = str(f.attrs.get("state", "complete"))
     finally:
         lock.release()
-    return {"path": str(path), "repaired": bool(flag_cleared or rows_cut), "flag_cleared": flag_cleared,
-            "rows_cut": int(rows_cut), "videos": n, "state": state}
+    return {"path": str(path), "repaired": bool(killed or rows_cut), "flag_cleared": flag_cleared,
+            "headers_mended": mended, "rows_cut": int(rows_cut), "videos": n, "state": state}

@@ -20,8 +20,14 @@ import numpy as np
 
 from c3dfeat.errors import ProvenanceMismatchError, StoreError
 from c3dfeat.store.bulk import copy_rows, run_attrs_of
-from c3dfeat.store.files import RunLock, open_write
-from c3dfeat.store.recovery import append_rows, clip_count, recover_file, truncate_to_committed
+from c3dfeat.store.files import WRITE_OPTIONS, RunLock, open_write
+from c3dfeat.store.recovery import (
+    append_rows,
+    clip_count,
+    mend_torn_headers,
+    recover_file,
+    truncate_to_committed,
+)
 from c3dfeat.store.schema import (
     FORMAT,
     FORMAT_VERSION,
@@ -251,7 +257,7 @@ def _create(path: Path, models: Sequence[ModelInfo], provenance: Mapping[str, An
     path.unlink(missing_ok=True)
     tmp = path.with_name(path.name + ".creating")
     try:
-        with h5py.File(tmp, "w", libver="latest") as f:
+        with h5py.File(tmp, "w", **WRITE_OPTIONS) as f:
             create_layout(f, models, provenance, storage_dtype, run_attrs)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -265,6 +271,8 @@ def _create(path: Path, models: Sequence[ModelInfo], provenance: Mapping[str, An
 def _resume(path: Path, models: Sequence[ModelInfo], full: Mapping[str, Any], storage_dtype: str,
             retry_failed: bool) -> FeatureWriter:
     recovered = recover_file(path)
+    if recovered:
+        mend_torn_headers(path)
     f = _reopen(path)
     try:
         _check_resumable(f, path, models, full)
