@@ -217,3 +217,41 @@ def test_kill_in_the_middle_of_any_write_loses_no_committed_video(tear_shim, tmp
         assert report["videos"] >= 5
         _assert_committed_rows_exact(p, report["videos"])
     assert (mended > 0) == (layout == "unaligned")
+
+
+# Writes argv[2] videos to a new file argv[1] in commits of 100, with one-row feature chunks (so the
+# feature matrices get ~9,000 chunks: past where an extensible array's data blocks outgrow a page).
+_MANY_CHUNKS = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {root!r})
+    from c3dfeat.store import open_writer, schema
+    from tests.test_store import MODELS, PROV, _video
+    schema.FEATURE_CHUNK_BYTES = 1
+    with open_writer(sys.argv[1], MODELS, PROV) as w:
+        n = int(sys.argv[2])
+        for s in range(0, n, 100):
+            w.add_videos([_video(i, 3) for i in range(s, min(n, s + 100))])
+    """
+).format(root=str(TESTS.parent))
+
+
+def test_no_metadata_write_crosses_a_page_even_with_thousands_of_chunks(tear_shim, tmp_path):
+    """Only data chunks and global-heap collections may cross a page; every index node stays inside one."""
+    p, log = tmp_path / "many.h5", tmp_path / "writes.log"
+    env = {**os.environ, "LD_PRELOAD": str(tear_shim), "TEAR_LOG": str(log)}
+    subprocess.run([sys.executable, "-c", _MANY_CHUNKS, str(p), "3000"], env=env, check=True)
+    chunk_starts = set()
+    with h5py.File(p, "r") as f:
+        assert f["models/m/layers/b/clip_features"].id.get_num_chunks() == 9000
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset) and obj.chunks:
+                chunk_starts.update(obj.id.get_chunk_info(i).byte_offset for i in range(obj.id.get_num_chunks()))
+        f.visititems(visit)
+    crossing = [tuple(map(int, line.split())) for line in log.read_text().splitlines()] if log.exists() else []
+    with open(p, "rb") as fh:
+        def is_metadata(offset):
+            fh.seek(offset)
+            return offset not in chunk_starts and fh.read(4) != b"GCOL"
+        metadata = [(off, size) for off, size in crossing if is_metadata(off)]
+    assert metadata == []

@@ -208,6 +208,17 @@ def provenance_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> List[str]:
 
 
 # ----------------------------------------------------------------------------- layout
+def growable(ndim: int) -> Tuple[None, ...]:
+    """maxshape of a matrix: it only grows along rows, yet every dimension is declared unlimited.
+
+    That makes HDF5 index its chunks with a version-2 B-tree (2 KiB nodes) instead of an extensible
+    array, whose data blocks outgrow a page after ~8,200 chunks (fc6: ~520k clips) and are rewritten
+    whenever a chunk is added: a SIGKILL in that write would tear one and lose every chunk it
+    indexes (docs/hdf5-schema.md, "Torn writes"). Same write and read speed (measured, 20k chunks).
+    """
+    return (None,) * ndim
+
+
 def feature_chunk(layer: LayerInfo, itemsize: int, per_clip: bool = True) -> Tuple[int, ...]:
     tail = layer.clip_shape if per_clip else (layer.dim,)
     row = max(1, int(np.prod(tail)) * itemsize)
@@ -260,7 +271,7 @@ def create_layout(
             gc.create_dataset(
                 "frame_indices",
                 shape=(0, m.clip_len),
-                maxshape=(None, m.clip_len),
+                maxshape=growable(2),
                 chunks=(max(1, TABLE_CHUNK // m.clip_len), m.clip_len),
                 dtype=np.int64,
             )
@@ -275,14 +286,14 @@ def create_layout(
             g1.create_dataset(
                 "clip_features",
                 shape=(0,) + tail,
-                maxshape=(None,) + tail,
+                maxshape=growable(1 + len(tail)),
                 chunks=feature_chunk(layer, itemsize),
                 dtype=storage_dtype,
             )
             g1.create_dataset(
                 "video_mean",
                 shape=(0, layer.dim),
-                maxshape=(None, layer.dim),
+                maxshape=growable(2),
                 chunks=feature_chunk(layer, itemsize, per_clip=False),
                 dtype=storage_dtype,
             )
