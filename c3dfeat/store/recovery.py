@@ -204,8 +204,8 @@ def mend_torn_headers(path: Union[str, Path]) -> List[str]:
             os.fsync(fd)
     except _NotMendable as e:
         raise StoreError(
-            f"{path}: an HDF5 header torn by the kill cannot be mended ({e}); the committed videos of "
-            "the other datasets are still readable with FeatureFile, or use --overwrite to start over"
+            f"{path}: an HDF5 header damaged by the kill cannot be mended ({e}); "
+            "use --overwrite (or another output) to start over"
         ) from None
     finally:
         os.close(fd)
