@@ -97,7 +97,8 @@ PAGE = 4096
 # (Linux checks for one before each page it copies), so a SIGKILL in the middle of a commit could
 # tear an object header that straddles two pages -- new dimensions, old checksum, the dataset gone.
 # An object header (~270 bytes) that starts a page is rewritten whole or not at all. Costs ~4 KiB
-# per HDF5 object (~0.1-0.5 MiB per file). Not stored in the file: every writing open passes it.
+# per allocation (+0.36 MB for a test file with one model of two layers). Not stored in the file:
+# every writing open passes it.
 WRITE_OPTIONS = {"libver": "latest", "alignment_threshold": 1, "alignment_interval": PAGE}
 
 
