@@ -256,3 +256,19 @@ def test_no_metadata_write_crosses_a_page_even_with_thousands_of_chunks(tear_shi
         metadata = [(off, size) for off, size in crossing if is_metadata(off)]
     p.unlink()  # ~100 MB: each one-row chunk fills a page
     assert metadata == []
+
+
+@pytest.mark.parametrize("via", ["repair", "resume"])
+def test_damage_repair_cannot_mend_is_a_one_line_store_error(killed_file, tmp_path, via):
+    p = tmp_path / "k.h5"
+    shutil.copy(killed_file, p)
+    data = p.read_bytes()
+    at = data.index(b"EAHD") + 20  # a statistic in the first chunk index header (the first table's)
+    with open(p, "r+b") as fh:
+        fh.seek(at)
+        fh.write(bytes([data[at] ^ 0xFF]))
+    with pytest.raises(StoreError, match="damaged beyond what repair mends .*checksum.*use --overwrite"):
+        if via == "repair":
+            repair(p)
+        else:
+            open_writer(p, MODELS, PROV)

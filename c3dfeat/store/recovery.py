@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import struct
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import h5py
 
@@ -212,6 +213,20 @@ def mend_torn_headers(path: Union[str, Path]) -> List[str]:
     return sorted(torn)
 
 
+@contextmanager
+def damage_is_a_store_error(path: Union[str, Path]) -> Iterator[None]:
+    """HDF5's checksum and signature errors inside: metadata damaged beyond what repair mends."""
+    try:
+        yield
+    except (KeyError, OSError) as e:
+        if "checksum" not in str(e) and "signature" not in str(e):
+            raise
+        raise StoreError(
+            f"{path}: HDF5 metadata is damaged beyond what repair mends ({e}); "
+            "use --overwrite (or another output) to start over"
+        ) from None
+
+
 def clip_count(f: h5py.File, key: str, num_videos: int) -> int:
     """Committed clip rows of model `key`: where the last committed video's clips end."""
     if num_videos == 0:
@@ -280,9 +295,10 @@ def repair(path: Union[str, Path]) -> Dict[str, Any]:
     lock = RunLock(path)
     try:
         flag_cleared = recover_file(path)
-        mended = mend_torn_headers(path)
+        with damage_is_a_store_error(path):
+            mended = mend_torn_headers(path)
         killed = flag_cleared or bool(mended)  # (a torn header with the flag clear: h5clear was run)
-        with open_write(path) as f:
+        with open_write(path) as f, damage_is_a_store_error(path):
             if f.attrs.get("format") != FORMAT:
                 raise StoreError(f"{path} is not a c3dfeat feature file")
             needs_cut = killed or any(ds.shape[0] != int(f["committed"][0]) for ds in f["videos"].values())

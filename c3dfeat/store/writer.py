@@ -24,6 +24,7 @@ from c3dfeat.store.files import WRITE_OPTIONS, RunLock, open_write
 from c3dfeat.store.recovery import (
     append_rows,
     clip_count,
+    damage_is_a_store_error,
     mend_torn_headers,
     recover_file,
     truncate_to_committed,
@@ -272,11 +273,13 @@ def _resume(path: Path, models: Sequence[ModelInfo], full: Mapping[str, Any], st
             retry_failed: bool) -> FeatureWriter:
     recovered = recover_file(path)
     if recovered:
-        mend_torn_headers(path)
+        with damage_is_a_store_error(path):
+            mend_torn_headers(path)
     f = _reopen(path)
     try:
         _check_resumable(f, path, models, full)
-        truncate_to_committed(f, rebuild_strings=recovered)
+        with damage_is_a_store_error(path):
+            truncate_to_committed(f, rebuild_strings=recovered)
         n = int(f["committed"][0])
         failed = np.flatnonzero(f["videos/status"][:n] == STATUS.index("failed"))
         if retry_failed and len(failed):
