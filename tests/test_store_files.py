@@ -123,6 +123,26 @@ def test_state_after_clean_close_error_and_interrupt(tmp_path):
     assert file_summary(p)["state"] == "complete"
 
 
+def test_merging_an_unfinished_shard_gives_an_incomplete_file_that_names_it(tmp_path):
+    from click.testing import CliRunner
+
+    from c3dfeat.cli import cli
+
+    done, cut = tmp_path / "s1.h5", tmp_path / "s2.h5"
+    with open_writer(done, MODELS, PROV, shard="1/2") as w:
+        w.add_video(*_video(0, 1))
+    w = open_writer(cut, MODELS, PROV, shard="2/2")
+    w.add_video(*_video(1, 2))
+    w.close(complete=False)  # interrupted: its other videos were never written
+    with FeatureFile(merge([done], tmp_path / "one.h5")) as ff:
+        assert ff.state == "complete"
+    with FeatureFile(merge([done, cut], tmp_path / "both.h5")) as ff:
+        assert ff.num_videos == 2 and ff.state == "incomplete"
+        assert "1 of 2 files were not complete (s2.h5)" in ff.state_reason and "merge again" in ff.state_reason
+    res = CliRunner().invoke(cli, ["merge", str(done), str(cut), "-o", str(tmp_path / "cli.h5")])
+    assert res.exit_code == 0 and "cli.h5 is incomplete: merged while 1 of 2 files" in res.output
+
+
 def test_killed_run_needs_repair_and_repair_makes_it_plain_h5py_readable(tmp_path):
     p = tmp_path / "k.h5"
     _run_and_kill(_WRITER.format(tests=os.path.dirname(__file__)), p)

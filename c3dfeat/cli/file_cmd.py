@@ -30,6 +30,8 @@ def merge_command(files: Tuple[Path, ...], output: Path, overwrite: bool) -> Non
     merge(list(files), output, overwrite=overwrite)
     with FeatureFile(output) as ff:
         click.echo(f"merged {len(files)} files → {output}: {ff.num_videos} videos, {len(ff.failed)} failed")
+        if ff.state != "complete":
+            click.echo(f"{output} is {ff.state}: {ff.state_reason}")
 
 
 @cli.command("info")

@@ -23,6 +23,7 @@ from c3dfeat.store.files import WRITE_OPTIONS, open_read
 from c3dfeat.store.schema import (
     RUN_ATTRS,
     STATE_COMPLETE,
+    STATE_INCOMPLETE,
     VIDEO_COLUMNS,
     ModelInfo,
     create_layout,
@@ -224,6 +225,7 @@ def merge(
         raise StoreError(f"{out} exists; remove it or pass --overwrite")
     inputs = [Path(p) for p in paths]
     files, rows, index = [], [], []
+    unfinished: List[str] = []  # a killed, interrupted or running shard: its committed videos only
     seen: Dict[str, Path] = {}
     ref_prov: Dict[str, Any] = {}
     for k, p in enumerate(inputs):
@@ -241,6 +243,8 @@ def merge(
                         f"cannot merge {p} with {inputs[0]}: made with different settings:\n  "
                         + "\n  ".join(diff[:20] or [f"models {[m.key for m in ref_infos]} != {[m.key for m in infos]}"])
                     )
+            if decode_str(f.attrs.get("state", STATE_COMPLETE)) != STATE_COMPLETE:  # (version 1: no state)
+                unfinished.append(p.name)
             n = int(f["committed"][0])
             for vid in f["videos/id"][:n]:
                 vid = decode_str(vid)
@@ -253,8 +257,13 @@ def merge(
     file_of, row_of, input_index = np.concatenate(files), np.concatenate(rows), np.concatenate(index)
     order = np.lexsort((row_of, file_of, input_index))
     run_attrs = dict(ref_f["run_attrs"], created_utc=_utcnow(), shard="")
+    state = (STATE_COMPLETE, "")
+    if unfinished:
+        state = (STATE_INCOMPLETE, f"merged while {len(unfinished)} of {len(inputs)} files were not complete "
+                 f"({', '.join(unfinished[:5])}{', ...' if len(unfinished) > 5 else ''}): finish their runs "
+                 "(rerun the same commands), then merge again")
     return copy_rows(inputs, file_of[order], row_of[order], out, ref_infos, ref_prov, run_attrs,
-                     ref_f["storage_dtype"], block_bytes=block_bytes)
+                     ref_f["storage_dtype"], state=state, block_bytes=block_bytes)
 
 
 def _first_file_attrs(f: h5py.File) -> Dict[str, Any]:
