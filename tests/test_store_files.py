@@ -10,7 +10,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
+from c3dfeat.cli import cli
 from c3dfeat.errors import StoreError
 from c3dfeat.store import (
     ClipTable,
@@ -124,10 +126,6 @@ def test_state_after_clean_close_error_and_interrupt(tmp_path):
 
 
 def test_merging_an_unfinished_shard_gives_an_incomplete_file_that_names_it(tmp_path):
-    from click.testing import CliRunner
-
-    from c3dfeat.cli import cli
-
     done, cut = tmp_path / "s1.h5", tmp_path / "s2.h5"
     with open_writer(done, MODELS, PROV, shard="1/2") as w:
         w.add_video(*_video(0, 1))

@@ -6,6 +6,7 @@ pages, new length before the boundary, old checksum after, "incorrect metadata c
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import struct
@@ -22,7 +23,7 @@ from h5py import h5o
 from c3dfeat.errors import StoreError
 from c3dfeat.store import FeatureFile, merge, open_writer, recover_file, repair
 from c3dfeat.store.files import PAGE, WRITE_OPTIONS
-from c3dfeat.store.recovery import _lookup3
+from c3dfeat.store.recovery import _lookup3, mend_torn_headers
 from tests.test_store import _WRITER, MODELS, PROV, _assert_same_datasets, _run_and_kill, _video
 
 TESTS = Path(__file__).resolve().parent
@@ -57,14 +58,14 @@ def _headers(path) -> dict:
 
 
 def _write(path, n, unaligned=False, monkeypatch=None):
-    if unaligned:
-        monkeypatch.delitem(WRITE_OPTIONS, "alignment_threshold")
-        monkeypatch.delitem(WRITE_OPTIONS, "alignment_interval")
-    with open_writer(path, MODELS, PROV) as w:
-        for i in range(w.num_videos, n):
-            w.add_video(*_video(i, 1 + i % 3))
-    if unaligned:
-        monkeypatch.undo()
+    with contextlib.ExitStack() as stack:
+        if unaligned:  # as files were written before page alignment
+            m = stack.enter_context(monkeypatch.context())
+            m.delitem(WRITE_OPTIONS, "alignment_threshold")
+            m.delitem(WRITE_OPTIONS, "alignment_interval")
+        with open_writer(path, MODELS, PROV) as w:
+            for i in range(w.num_videos, n):
+                w.add_video(*_video(i, 1 + i % 3))
 
 
 def _assert_committed_rows_exact(path, n):
@@ -135,6 +136,21 @@ def test_repair_mends_a_torn_header(killed_file, tmp_path, name, cut):
     assert report["headers_mended"] == [name] and report["videos"] == n
     _assert_committed_rows_exact(p, n)
     assert repair(p)["headers_mended"] == []
+
+
+@pytest.mark.parametrize("name", ["models/m/layers/b/clip_features", "models/m/layers/a/video_mean"])
+def test_a_mended_header_holds_exactly_the_committed_rows(killed_file, tmp_path, name):
+    """Before any table is cut: the mended length is the committed count (clips for clip tables)."""
+    p = tmp_path / "k.h5"
+    shutil.copy(killed_file, p)
+    with FeatureFile(p) as ff:
+        n = ff.num_videos
+    _tear(p, name, "checksum")
+    assert recover_file(p)
+    assert mend_torn_headers(p) == [name]
+    with h5py.File(p, "r") as f:
+        expected = sum(1 + i % 3 for i in range(n)) if name.endswith("clip_features") else n  # the writer's clips
+        assert f[name].shape[0] == expected
 
 
 def test_resume_mends_a_torn_header_and_ends_equal_to_an_uninterrupted_run(killed_file, tmp_path):
@@ -248,7 +264,9 @@ def test_no_metadata_write_crosses_a_page_even_with_thousands_of_chunks(tear_shi
             if isinstance(obj, h5py.Dataset) and obj.chunks:
                 chunk_starts.update(obj.id.get_chunk_info(i).byte_offset for i in range(obj.id.get_num_chunks()))
         f.visititems(visit)
-    crossing = [tuple(map(int, line.split())) for line in log.read_text().splitlines()] if log.exists() else []
+    # The tables' 32 KiB data chunks always cross pages: an empty log would mean the shim never loaded.
+    crossing = [tuple(map(int, line.split())) for line in log.read_text().splitlines()]
+    assert crossing
     with open(p, "rb") as fh:
         def is_metadata(offset):
             fh.seek(offset)

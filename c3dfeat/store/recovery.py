@@ -190,19 +190,23 @@ def mend_torn_headers(path: Union[str, Path]) -> List[str]:
                 torn[name] = (addr, oh, _first_dim_at(oh, messages_at))
         if not torn:
             return []
-        clips: Dict[str, int] = {}
-        for clip_pass in (False, True):
-            if clip_pass and any(_clip_indexed(name) for name in torn):
-                with h5py.File(path, "r") as f:  # clip counts come from the (now mended) video tables
-                    clips = {key: clip_count(f, key, committed) for key in f["models"]}
-            for name, (addr, oh, dim_at) in torn.items():
-                if _clip_indexed(name) != clip_pass:
-                    continue
-                rows = clips[name.split("/")[1]] if clip_pass else committed
-                oh[dim_at : dim_at + 8] = struct.pack("<Q", rows)
-                oh[-4:] = struct.pack("<I", _lookup3(bytes(oh[:-4])))
-                os.pwrite(fd, bytes(oh), addr)
-            os.fsync(fd)
+
+        def rewrite(name: str, rows: int) -> None:
+            addr, oh, dim_at = torn[name]
+            oh[dim_at : dim_at + 8] = struct.pack("<Q", rows)
+            oh[-4:] = struct.pack("<I", _lookup3(bytes(oh[:-4])))
+            os.pwrite(fd, bytes(oh), addr)
+
+        for name in torn:
+            if not _clip_indexed(name):
+                rewrite(name, committed)
+        clip_names = [name for name in torn if _clip_indexed(name)]
+        if clip_names:
+            with h5py.File(path, "r") as f:  # clip counts come from the video tables, mended above
+                clips = {key: clip_count(f, key, committed) for key in f["models"]}
+            for name in clip_names:
+                rewrite(name, clips[name.split("/")[1]])
+        os.fsync(fd)
     except _NotMendable as e:
         raise StoreError(
             f"{path}: an HDF5 header damaged by the kill cannot be mended ({e}); "
