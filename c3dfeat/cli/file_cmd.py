@@ -25,12 +25,12 @@ def _console(stderr: bool = False) -> Any:
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 def merge_command(files: Tuple[Path, ...], output: Path, overwrite: bool) -> None:
     """Join shard files (same settings) into one, ordered like a single run."""
-    from c3dfeat.store import FeatureFile, merge
+    from c3dfeat.store import STATE_COMPLETE, FeatureFile, merge
 
     merge(list(files), output, overwrite=overwrite)
     with FeatureFile(output) as ff:
         click.echo(f"merged {len(files)} files → {output}: {ff.num_videos} videos, {len(ff.failed)} failed")
-        if ff.state != "complete":
+        if ff.state != STATE_COMPLETE:
             click.echo(f"{output} is {ff.state}: {ff.state_reason}")
 
 
@@ -40,7 +40,7 @@ def merge_command(files: Tuple[Path, ...], output: Path, overwrite: bool) -> Non
 @click.option("--failures", "max_failures", type=int, default=20, show_default=True, help="Failed videos to list.")
 def info_command(file: Path, as_json: bool, max_failures: int) -> None:
     """State, provenance, counts, layers and failures of a feature file."""
-    from c3dfeat.store import file_summary
+    from c3dfeat.store import STATE_COMPLETE, STATE_INCOMPLETE, file_summary
 
     s = file_summary(file)
     if as_json:
@@ -53,8 +53,8 @@ def info_command(file: Path, as_json: bool, max_failures: int) -> None:
         err.print(msg)
     out.print(f"[bold]{file}[/bold]  (c3dfeat {s['c3dfeat_version']}, {s.get('storage_dtype')}, "
               f"format {s.get('format_version')})")
-    state = s.get("state", "complete")
-    colour = {"complete": "green", "incomplete": "yellow"}.get(state, "red")
+    state = s.get("state", STATE_COMPLETE)
+    colour = {STATE_COMPLETE: "green", STATE_INCOMPLETE: "yellow"}.get(state, "red")
     out.print(f"state: [{colour}]{state}[/{colour}]: {s.get('state_reason', '')}")
     out.print(f"videos: {s['videos']} ({s['ok']} ok, {s['failed']} failed)")
     out.print(f"created: {s['created_utc']}  command: {s['command_line']}", markup=False)

@@ -28,6 +28,7 @@ from c3dfeat.pipeline.batching import BatchRunner
 from c3dfeat.pipeline.decode import ClipReady, VideoEnd, VideoFailed, VideoStart, VideoTask, decode_video
 from c3dfeat.pipeline.plan import PreparedModel
 from c3dfeat.pipeline.run import prepare_runtime
+from c3dfeat.runtime import usable_cores
 
 # Row kinds of the decode → inference → driver stream (one schema for every row).
 CLIP, EMPTY, FAILED = 0, 1, 2
@@ -144,9 +145,10 @@ class InferenceActor:
         import ray
 
         trace("actor init")
-        # Ray sets OMP_NUM_THREADS=1 in its workers; a CPU actor uses the node's cores as the
-        # in-process engine's main thread does (decode tasks run beside it there too).
-        torch.set_num_threads(threads if threads > 0 else (os.cpu_count() or 1) if device == "cpu" else 1)
+        # Ray sets OMP_NUM_THREADS=1 in its workers; a CPU actor uses the node's usable cores (its
+        # affinity and CPU quota) as the in-process engine's main thread does (decode tasks run beside
+        # it there too).
+        torch.set_num_threads(threads if threads > 0 else usable_cores() if device == "cpu" else 1)
         dev = torch.device(device)
         prepare_runtime(dev, allow_tf32)
         packed = ray.get(models_ref) if isinstance(models_ref, ray.ObjectRef) else models_ref

@@ -18,7 +18,7 @@ import h5py
 
 from c3dfeat.errors import StoreError
 from c3dfeat.store.files import RunLock, open_write
-from c3dfeat.store.schema import FORMAT, FORMAT_VERSION, STATE_INCOMPLETE, STR, TABLE_CHUNK
+from c3dfeat.store.schema import FORMAT, FORMAT_VERSION, STATE_COMPLETE, STATE_INCOMPLETE, STR, TABLE_CHUNK
 
 
 def _lookup3(data: bytes, initval: int = 0) -> int:
@@ -314,7 +314,7 @@ def repair(path: Union[str, Path]) -> Dict[str, Any]:
                     f"repaired after a killed run: {n} committed videos kept, {rows_cut} uncommitted rows cut; "
                     "rerun the same command to add the rest"
                 )
-            state = str(f.attrs.get("state", "complete"))
+            state = str(f.attrs.get("state", STATE_COMPLETE))
     finally:
         lock.release()
     return {"path": str(path), "repaired": bool(killed or rows_cut), "flag_cleared": flag_cleared,
