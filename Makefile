@@ -11,7 +11,8 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# torch is pinned first: an unpinned torch would pull a multi-GB CUDA build.
+# torch is pinned first to the tested release (an unpinned one would pull the newest); which build
+# comes is pip's choice: a local CPU wheel where pip has one, else PyPI's (CUDA 13.0 on Linux x86_64).
 install: $(BIN)/python
 	$(BIN)/pip install "torch==2.13.0"
 	$(BIN)/pip install -e ".[test,ray,lint]"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any, Dict, List
 
-from c3dfeat.errors import C3DFeatError as C3DFeatError
+from c3dfeat.errors import C3DFeatError as C3DFeatError, C3DFeatWarning as C3DFeatWarning
 from c3dfeat.version import __version__ as __version__
 
 # public name -> module that defines it
@@ -24,7 +24,7 @@ _LAZY: Dict[str, str] = {
     "evaluate_features": "c3dfeat.evaluate",
 }
 
-__all__ = ["C3DFeatError", "__version__", *_LAZY]
+__all__ = ["C3DFeatError", "C3DFeatWarning", "__version__", *_LAZY]
 
 if TYPE_CHECKING:  # static checkers and IDEs see the real objects
     from c3dfeat.evaluate import evaluate_features as evaluate_features

@@ -80,3 +80,7 @@ class ExtractInterrupted(C3DFeatError):
         super().__init__(message)
         self.report = report
         self.saved = saved
+
+
+class C3DFeatWarning(RuntimeWarning):
+    """Something a user should know at once (the CLI prints it as one "warning:" line)."""

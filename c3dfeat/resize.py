@@ -45,7 +45,7 @@ from typing import Any, Optional, Tuple
 import numpy as np
 import torch
 
-from c3dfeat.errors import ConfigError
+from c3dfeat.errors import C3DFeatWarning, ConfigError
 
 __all__ = ["opencv_linear_coefficients", "resize_linear_uint8", "resize_linear_uint8_reference", "resize_engine",
            "opencv_disagreement", "RESIZE_ENV"]
@@ -150,7 +150,7 @@ def _choose_engine() -> Any:
     if choice == "opencv":
         raise ConfigError(f"{RESIZE_ENV}=opencv, but {problem}; unset it to use c3dfeat's own resize")
     warnings.warn(f"{problem}: the Caffe models' resize uses c3dfeat's own implementation instead (same "
-                  f"result, slower); set {RESIZE_ENV}=numpy to choose it without this check", RuntimeWarning,
+                  f"result, slower); set {RESIZE_ENV}=numpy to choose it without this check", C3DFeatWarning,
                   stacklevel=3)
     return False
 

@@ -1,5 +1,5 @@
 """Process-wide runtime settings for extraction: the memory allocator, default batch sizes and
-decoder counts.
+decoder counts, and why a machine's GPU cannot be used.
 
     from c3dfeat.runtime import configure_allocator, default_batch_size, default_workers
     configure_allocator()                      # once, before the first large allocation
@@ -21,12 +21,13 @@ import ctypes.util
 import math
 import os
 import platform
+import re
 import threading
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 __all__ = ["ALLOCATOR_ENV", "configure_allocator", "allocator_settings", "default_batch_size", "default_workers",
-           "usable_cores", "CPU_WORKERS", "MAX_DEFAULT_WORKERS", "GPU_DECODE_WORKERS"]
+           "usable_cores", "unusable_gpu_reason", "CPU_WORKERS", "MAX_DEFAULT_WORKERS", "GPU_DECODE_WORKERS"]
 
 #: Environment variable: "system" leaves the C allocator untouched.
 ALLOCATOR_ENV = "C3DFEAT_MALLOC"
@@ -225,3 +226,54 @@ def _read_quota(folder: Path, quota_name: str, period_name: Optional[str]) -> Op
     if quota <= 0 or period <= 0:  # v1: -1 is no quota
         return None
     return max(1, math.ceil(quota / period))
+
+
+_DEV = Path("/dev")
+_NVIDIA_VERSION = Path("/proc/driver/nvidia/version")
+
+
+def unusable_gpu_reason() -> Optional[str]:
+    """Why torch cannot use this machine's NVIDIA GPUs, in one line; None when it can, when they
+    are hidden on purpose (CUDA_VISIBLE_DEVICES empty or -1), or when there are none to use (no
+    /dev/nvidiaN: a container without GPU access has none either, even on a GPU host).
+
+    The usual causes: a CPU-only build of torch, or a CUDA build newer than the driver runs
+    (PyPI's torch 2.13.0 for Linux x86_64 is built for CUDA 13.0: driver 580 or newer)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "x").strip() in ("", "-1"):
+        return None
+    gpus = [p for p in _DEV.glob("nvidia*") if p.name[len("nvidia"):].isdigit()]
+    if not gpus:
+        return None
+    driver = _nvidia_driver_version()
+    has = f"this machine has {len(gpus)} NVIDIA GPU(s)" + (f" (driver {driver})" if driver else "")
+    if torch.version.cuda is None:
+        return (f"{has}, but torch {torch.__version__} is a CPU-only build: install a CUDA build of torch "
+                f"{torch.__version__.split('+')[0]} (docs/extract.md, \"On a GPU\")")
+    return (f"{has}, but torch {torch.__version__} (built for CUDA {torch.version.cuda}) cannot use them: "
+            f"{_cuda_init_error(torch)} (docs/extract.md, \"On a GPU\")")
+
+
+def _nvidia_driver_version() -> Optional[str]:
+    """The loaded NVIDIA kernel module's version ("580.65.06"), from /proc; None if unknown."""
+    try:
+        first = _NVIDIA_VERSION.read_text(errors="replace").splitlines()[0]
+    except (OSError, IndexError):
+        return None
+    # "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 ..." (or "Open Kernel
+    # Module for x86_64  580.65.06 ..."): the only dotted number of three digits or more
+    found = re.search(r"\b(\d{3,}\.\d+(?:\.\d+)?)\b", first)
+    return found.group(1) if found else None
+
+
+def _cuda_init_error(torch: Any) -> str:
+    """The first line of what CUDA's initialisation raises (driver too old, no device ...)."""
+    try:
+        torch.cuda.init()
+    except Exception as e:  # noqa: BLE001 - any failure is the answer
+        text = str(e).strip()
+        return text.splitlines()[0] if text else type(e).__name__
+    return "torch.cuda.is_available() is False"

@@ -2,10 +2,12 @@
 """One command for a GPU machine: model-only and end-to-end throughput in one table.
 
     make install
-    # the CPU wheel of torch cannot use the GPU; replace it by a CUDA build of the same version:
-    .venv/bin/pip install --force-reinstall torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128
-    # GPU decoding needs torchcodec's CUDA build (same index) and FFmpeg's shared libraries:
-    apt-get install -y ffmpeg && .venv/bin/pip install torchcodec --index-url https://download.pytorch.org/whl/cu128
+    # PyPI's torch 2.13.0 for Linux x86_64 is a CUDA 13.0 build (driver >= 580); where a CPU
+    # wheel was installed instead (a local wheel first, as on our CI machines), replace it:
+    .venv/bin/pip install --force-reinstall torch==2.13.0 --index-url https://pypi.org/simple
+    # GPU decoding needs FFmpeg's shared libraries and the torchcodec release made for torch 2.13
+    # (torchcodec's README pairs each release with one torch): NNN below
+    apt-get install -y ffmpeg && .venv/bin/pip install torchcodec==NNN
     .venv/bin/python scripts/bench_gpu.py                # ~5-8 minutes; add --json out.json
     .venv/bin/python scripts/bench_gpu.py --device cpu --quick     # checks the script itself on a CPU
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from c3dfeat import runtime
 from c3dfeat.errors import ConfigError
 from c3dfeat.models import extract_layers
 from c3dfeat.pipeline import ModelRequest, extract
@@ -127,7 +128,8 @@ def test_cuda_fp32_is_exact_unless_tf32_is_asked_and_cudnn_autotunes():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved
 
 
-def test_device_names_are_checked_against_this_machine(monkeypatch):
+def test_device_names_are_checked_against_this_machine(monkeypatch, tmp_path):
+    monkeypatch.setattr(runtime, "_DEV", tmp_path)  # no /dev/nvidiaN: a machine without a GPU (on a GPU one too)
     assert pick_device("cpu") == torch.device("cpu")
     for bad in ("gpu", "mps", "cuda:x"):
         with pytest.raises(ConfigError, match="auto, cpu or cuda"):

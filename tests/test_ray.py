@@ -145,3 +145,34 @@ def test_models_travel_to_the_actors_bit_equal():
     assert want.keys() == have.keys() and all(torch.equal(want[k], have[k]) for k in want)
     assert got.net.twin.weight is got.net.fc.weight and got.net.training == m.net.training
     assert all(t.device.type == "cpu" for t in have.values())
+
+
+def test_a_local_runtime_is_given_the_gpus_torch_can_use(monkeypatch):
+    """Not those Ray would count from the driver: its GPU actors would fail beside a CPU-only torch."""
+    import torch
+
+    from c3dfeat.pipeline import ray_engine
+
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert ray_engine._start_ray(None, 3) is True
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    ray_engine._start_ray("local", 3)
+    assert [(c["num_cpus"], c["num_gpus"]) for c in calls] == [(4, 0), (4, 2)]
+
+
+def test_auto_on_a_local_runtime_says_when_the_machines_gpu_is_unusable(ray_runtime, videos, tmp_path, monkeypatch,
+                                                                         unusable_gpus):
+    from c3dfeat import C3DFeatWarning
+    from c3dfeat.pipeline import ray_engine
+
+    # the module's runtime stands in for one this call started (and is not stopped by it)
+    monkeypatch.setattr(ray_engine, "_start_ray", lambda address, workers: True)
+    monkeypatch.setattr(ray_engine, "_shutdown", lambda local: None)
+    with pytest.warns(C3DFeatWarning, match=r"CPU-only build.*; running on the CPU"):
+        report = extract([videos], tmp_path / "auto.h5", MODELS, engine="ray", random_init=True, batch_size=3)
+    assert report.device == "cpu" and report.ok == 7
+    assert report.warnings[0].startswith("this machine has 2 NVIDIA GPU(s) (driver 535.104.05), but torch ")

@@ -145,6 +145,107 @@ def test_extract_without_workers_uses_the_default_for_its_device_and_records_it(
     assert asked == [("cpu", "cpu")] and run["workers"] == 3 and run["worker_kind"] == "thread"
 
 
+# ----------------------------------------------------------------------------- a GPU torch cannot use
+DRIVER_535 = "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 01:15:15 UTC 2023"
+TOO_OLD = ("The NVIDIA driver on your system is too old (found version 12020). Please update your GPU driver.\n"
+           "second line")
+
+
+# `unusable_gpus` (conftest.py): two NVIDIA GPUs, driver 535.104.05, torch cannot use them
+def test_a_gpu_beside_a_cpu_only_torch_is_reported_with_what_to_install(unusable_gpus):
+    base = torch.__version__.split("+")[0]
+    assert runtime.unusable_gpu_reason() == (
+        f"this machine has 2 NVIDIA GPU(s) (driver 535.104.05), but torch {torch.__version__} is a CPU-only "
+        f'build: install a CUDA build of torch {base} (docs/extract.md, "On a GPU")')
+
+
+def test_a_driver_too_old_for_torchs_cuda_is_reported_with_cudas_own_words(unusable_gpus, monkeypatch):
+    def init():
+        raise RuntimeError(TOO_OLD)
+
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "init", init)
+    why = runtime.unusable_gpu_reason()
+    assert why is not None
+    assert why.startswith("this machine has 2 NVIDIA GPU(s) (driver 535.104.05), but torch ")
+    assert "(built for CUDA 13.0) cannot use them: The NVIDIA driver on your system is too old (found " \
+           "version 12020). Please update your GPU driver." in why
+    assert "second line" not in why
+
+
+def test_no_gpu_hidden_gpus_and_a_container_without_gpu_access_are_not_reported(unusable_gpus, monkeypatch):
+    dev, version = unusable_gpus
+    for hidden in ("", "-1", " "):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", hidden)
+        assert runtime.unusable_gpu_reason() is None
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    (dev / "nvidia0").unlink()
+    (dev / "nvidia1").unlink()  # /dev/nvidiactl alone: no GPU this process may open
+    assert runtime.unusable_gpu_reason() is None
+    (dev / "nvidia3").touch()
+    version.unlink()  # the driver's version unknown: left out
+    assert runtime.unusable_gpu_reason().startswith("this machine has 1 NVIDIA GPU(s), but torch ")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert runtime.unusable_gpu_reason() is None
+
+
+@pytest.mark.parametrize("line, version", [
+    (DRIVER_535, "535.104.05"),
+    ("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.65.06  Release Build  "
+     "(dvs-builder@U16-I3-B13-4-2)  Sun Jul 27 07:09:33 UTC 2025", "580.65.06"),
+    ("NVRM version: NVIDIA UNIX aarch64 Kernel Module  550.54  Tue Feb 20 2024", "550.54"),
+    ("something else", None),
+])
+def test_the_driver_version_is_read_from_the_kernel_modules_line(tmp_path, monkeypatch, line, version):
+    (tmp_path / "v").write_text(line + "\n")
+    monkeypatch.setattr(runtime, "_NVIDIA_VERSION", tmp_path / "v")
+    assert runtime._nvidia_driver_version() == version
+
+
+def test_device_choice_on_a_gpu_torch_cannot_use(unusable_gpus):
+    from c3dfeat.errors import ConfigError
+    from c3dfeat.pipeline.plan import cpu_fallback_warning, pick_device
+
+    why = runtime.unusable_gpu_reason()
+    with pytest.raises(ConfigError) as e:
+        pick_device("cuda")
+    assert str(e.value) == f"--device cuda: {why}; use --device cpu"
+    cpu = pick_device("auto")
+    assert cpu == torch.device("cpu")
+    assert cpu_fallback_warning("auto", cpu) == f"{why}; running on the CPU (--device cpu: without this check)"
+    assert cpu_fallback_warning("cpu", cpu) is None  # asked for: nothing to say
+
+
+@pytest.mark.usefixtures("tiny_models")
+def test_extract_and_the_cli_say_at_once_that_auto_fell_back_to_the_cpu(tmp_path, unusable_gpus):
+    import json
+
+    from click.testing import CliRunner
+
+    from c3dfeat import C3DFeatWarning
+    from c3dfeat.cli import cli
+    from c3dfeat.pipeline import extract
+    from tests.synth import make_video
+
+    make_video(tmp_path / "v" / "a.mp4", 8, size=(32, 32))
+    note = runtime.unusable_gpu_reason() + "; running on the CPU (--device cpu: without this check)"
+    with pytest.warns(C3DFeatWarning) as caught:
+        report = extract([tmp_path / "v"], tmp_path / "api.h5", ["tiny3d"], random_init=True)
+    assert [str(w.message) for w in caught if w.category is C3DFeatWarning] == [note]
+    assert report.device == "cpu" and report.warnings == [note]
+
+    base = ["extract", str(tmp_path / "v"), "--model", "tiny3d", "--random-init"]
+    res = CliRunner().invoke(cli, [*base, "-o", str(tmp_path / "json.h5"), "--json", "-q"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["warnings"] == [note]
+    assert res.stderr.splitlines()[0] == f"warning: {note}"  # before the run, in one line
+    res = CliRunner().invoke(cli, [*base, "-o", str(tmp_path / "summary.h5")])
+    assert res.exit_code == 0, res.output
+    assert res.stderr.count(note) == 1  # not again in the summary's notes
+    lines = res.stderr.splitlines()
+    assert lines[0].startswith("extract: starting") and lines[1] == f"warning: {note}", lines  # then the run
+
+
 # ----------------------------------------------------------------------------- layout
 class _TinyLW(LayerwiseModel):
     """A LayerwiseModel (so the layout machinery applies) that records its input's layout."""

@@ -11,7 +11,7 @@ import click
 
 from c3dfeat.cli import options
 from c3dfeat.cli.progress import make_display
-from c3dfeat.cli.root import cli
+from c3dfeat.cli.root import cli, shown_warnings
 from c3dfeat.errors import ExtractInterrupted
 
 # Exit codes of `extract` (documented in its help).
@@ -214,9 +214,13 @@ def _summary(report: Any, err: Any) -> None:
 
 
 def _notes(report: Any, err: Any) -> None:
-    """Warnings, random init and failures, on stderr."""
+    """Warnings (but those printed when they happened), random init and failures, on stderr."""
+    from rich.markup import escape
+
+    shown = shown_warnings()
     for w in report.warnings:
-        err.print(f"[yellow]warning:[/yellow] {w}")
+        if w not in shown:
+            err.print("[yellow]warning:[/yellow] " + escape(w))
     if report.random_init:
         err.print(f"[bold red]RANDOM INIT: {', '.join(report.random_init)} ran without pretrained weights; "
                   "these features are meaningless except for testing.[/bold red]")

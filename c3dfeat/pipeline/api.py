@@ -10,8 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence, Tuple, Union
 
-from c3dfeat.errors import ConfigError
-from c3dfeat.pipeline.plan import ModelRequest, pick_device, prepare_models
+from c3dfeat.errors import C3DFeatWarning, ConfigError
+from c3dfeat.pipeline.plan import ModelRequest, cpu_fallback_warning, pick_device, prepare_models
 from c3dfeat.pipeline.procdecode import resolve_worker_kind
 from c3dfeat.pipeline.report import ExtractReport, Progress
 from c3dfeat.pipeline.run import (
@@ -101,7 +101,9 @@ def extract(
         output: the .h5 file; if it exists with the same settings the run resumes.
         models: names, ``(name, layers)`` pairs or :class:`ModelRequest`; layers default to the
             model's default layer (C3D fc6, others pool5).
-        device: "auto", "cpu", "cuda" or "cuda:N".
+        device: "auto", "cpu", "cuda" or "cuda:N". "auto" that picks the CPU on a machine whose
+            NVIDIA GPU torch cannot use (a CPU-only torch, a driver too old for its CUDA) warns
+            (C3DFeatWarning, also in ``report.warnings``) with the reason.
         dtype: compute dtype: "fp32" (exact), "bf16" or "fp16" (torch.autocast; recorded).
         allow_tf32: let CUDA fp32 matmuls/convolutions use TF32 (faster, not exact; off).
         batch_size: clips per forward pass (each clip counts once, whatever the crops);
@@ -168,6 +170,9 @@ def extract(
                               "use worker_kind='thread' (or 'auto') with decode_device")
         worker_kind = "thread"
     dev = pick_device(device)
+    fallback = cpu_fallback_warning(device, dev)
+    if fallback:  # now, not in the report after hours on the CPU
+        warnings.warn(fallback, C3DFeatWarning, stacklevel=2)
     if workers is None:
         workers = default_workers(dev, decode_device=decode_device)
     kind = resolve_worker_kind(worker_kind, dev.type, workers)
@@ -180,7 +185,7 @@ def extract(
                               require_hashes=require_hashes, weights_mirror=weights_mirror,
                               sampling_overrides=overrides, crops=crops, crop_reduce=crop_reduce)
     report.random_init = [m.key for m in prepared if m.random_init]
-    report.warnings.extend(model_warnings(prepared, dev, dtype))
+    report.warnings.extend(([fallback] if fallback else []) + model_warnings(prepared, dev, dtype))
     writer = open_run_writer(
         output, prepared, decoder=decoder, dtype=dtype, half=half, retry_failed=retry_failed, overwrite=overwrite,
         command_line=command_line, shard=shard_kn, decode_device=decode_device,

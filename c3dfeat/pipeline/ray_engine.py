@@ -35,18 +35,20 @@ import logging
 import os
 import pickle
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
-from c3dfeat.errors import ConfigError
+from c3dfeat.errors import C3DFeatWarning, ConfigError
 from c3dfeat.pipeline.assemble import CommitGroup, ReadyVideo, VideoAssembler
 from c3dfeat.pipeline.decode import VideoFailed, VideoStart, VideoTask
 from c3dfeat.pipeline.plan import (
     Crops,
     PreparedModel,
+    cpu_fallback_warning,
     prepare_models,
 )
 from c3dfeat.pipeline.ray_actors import CLIP, FAILED, InferenceActor, decode_rows, import_worker, pack_models, trace
@@ -161,8 +163,11 @@ def _start_ray(ray_address: Optional[str], workers: int) -> bool:
         # The in-process engine's shape: `workers` decoders beside one inference worker.
         # worker_niceness 0: Ray starts its workers at nice 15 (to keep its own daemons responsive
         # on a shared node); here they do this run's work, which the in-process engine does at 0.
-        ray.init(num_cpus=workers + 1, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-                 _system_config={"worker_niceness": 0})
+        # num_gpus: the GPUs torch can use. Ray would count the driver's, and beside a CPU-only
+        # torch (or a driver too old for its CUDA) its GPU actors would fail on their first tensor.
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        ray.init(num_cpus=workers + 1, num_gpus=gpus, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING, _system_config={"worker_niceness": 0})
         return True
     try:
         ray.init(address=ray_address, log_to_driver=False, logging_level=logging.WARNING)
@@ -417,6 +422,10 @@ def extract_ray(
     trace("ray.init done")
     try:
         dev, gpus = _cluster_device(device)
+        # A local runtime is this machine: say so when "auto" left its GPU unused (the local engine's check)
+        fallback = cpu_fallback_warning(device, dev) if started and ray_address in (None, "", "local") else None
+        if fallback:
+            warnings.warn(fallback, C3DFeatWarning, stacklevel=2)
         actors, cpus_each, _ = _actor_pool(dev, gpus)
         warming = _warm_workers(actors * (cpus_each or 0))  # noqa: F841  (kept alive until the dataset starts)
         batch_size = run_batch_size(batch_size, output, overwrite, dev, [r.name for r in reqs])
@@ -425,7 +434,7 @@ def extract_ray(
         importing.result()
         trace("models built")
         report.random_init = [m.key for m in prepared if m.random_init]
-        report.warnings.extend(model_warnings(prepared, dev, dtype))
+        report.warnings.extend(([fallback] if fallback else []) + model_warnings(prepared, dev, dtype))
         writer = open_run_writer(
             output, prepared, decoder=decoder, dtype=dtype, half=half, retry_failed=retry_failed,
             overwrite=overwrite, command_line=command_line, shard=shard_kn,
