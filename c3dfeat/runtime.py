@@ -23,11 +23,18 @@ import os
 import platform
 import re
 import threading
+import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
+
+from c3dfeat.errors import C3DFeatWarning, ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["ALLOCATOR_ENV", "configure_allocator", "allocator_settings", "default_batch_size", "default_workers",
-           "usable_cores", "unusable_gpu_reason", "CPU_WORKERS", "MAX_DEFAULT_WORKERS", "GPU_DECODE_WORKERS"]
+           "usable_cores", "pick_device", "warn_if_gpu_unused", "unusable_gpu_reason", "CPU_WORKERS",
+           "MAX_DEFAULT_WORKERS", "GPU_DECODE_WORKERS"]
 
 #: Environment variable: "system" leaves the C allocator untouched.
 ALLOCATOR_ENV = "C3DFEAT_MALLOC"
@@ -226,6 +233,42 @@ def _read_quota(folder: Path, quota_name: str, period_name: Optional[str]) -> Op
     if quota <= 0 or period <= 0:  # v1: -1 is no quota
         return None
     return max(1, math.ceil(quota / period))
+
+
+def pick_device(device: str) -> "torch.device":
+    """"auto" → cuda when torch can use a GPU, else cpu; checks "cpu" / "cuda[:N]" against this machine."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        d = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"--device must be auto, cpu or cuda[:N], got {device!r}") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        why = unusable_gpu_reason() or "CUDA is not available on this machine"
+        raise ConfigError(f"--device {device}: {why}; use --device cpu")
+    if d.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device must be auto, cpu or cuda[:N], got {device!r}")
+    if d.type == "cuda" and (d.index or 0) >= torch.cuda.device_count():
+        # else CUDA's "invalid device ordinal" surfaces deep inside the model's set-up
+        raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                          "numbered from cuda:0")
+    return d
+
+
+def warn_if_gpu_unused(requested: str, device: Any) -> Optional[str]:
+    """When "auto" chose the CPU on a machine with an NVIDIA GPU that torch cannot use (a run
+    hundreds of times slower than expected): warn now (C3DFeatWarning; the CLI prints one line)
+    and return the text, for reports. Else None."""
+    if requested != "auto" or str(getattr(device, "type", device)) != "cpu":
+        return None
+    why = unusable_gpu_reason()
+    if why is None:
+        return None
+    text = f"{why}; running on the CPU (--device cpu: without this check)"
+    warnings.warn(text, C3DFeatWarning, stacklevel=3)
+    return text
 
 
 _DEV = Path("/dev")

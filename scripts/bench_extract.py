@@ -98,8 +98,8 @@ def model_only(model: str, batch: int, batches: int, device: str, random_init: b
     import torch
 
     from c3dfeat.pipeline.batching import BatchRunner
-    from c3dfeat.pipeline.plan import ModelRequest, pick_device, prepare_model
-    from c3dfeat.runtime import configure_allocator
+    from c3dfeat.pipeline.plan import ModelRequest, prepare_model
+    from c3dfeat.runtime import configure_allocator, pick_device
 
     configure_allocator()
     dev = pick_device(device)

@@ -16,8 +16,9 @@ from c3dfeat.errors import ConfigError
 from c3dfeat.models import extract_layers
 from c3dfeat.pipeline import ModelRequest, extract
 from c3dfeat.pipeline.batching import BatchRunner
-from c3dfeat.pipeline.plan import pick_device, prepare_model
+from c3dfeat.pipeline.plan import prepare_model
 from c3dfeat.pipeline.run import prepare_runtime
+from c3dfeat.runtime import pick_device
 from c3dfeat.sampling import sample_clips
 from c3dfeat.store import FeatureFile
 from c3dfeat.video import open_video

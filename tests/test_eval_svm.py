@@ -127,3 +127,15 @@ def test_normalisations():
     np.testing.assert_allclose(normalize(X, "l2"), [[0.6, 0.8], [0, 0]])
     np.testing.assert_allclose(normalize(X, "none"), X)
     np.testing.assert_allclose(normalize(np.array([[9.0, -16.0]]), "power-l2"), [[0.6, -0.8]])
+
+
+def test_svm_device_words_mean_what_they_mean_in_extraction(unusable_gpus):
+    """"auto" on a GPU torch cannot use: the CPU, and the same warning as `extract`; "cuda": the same error."""
+    from c3dfeat import C3DFeatWarning
+    from c3dfeat.errors import ConfigError
+    from c3dfeat.evaluate.svm import make_svm
+
+    with pytest.warns(C3DFeatWarning, match=r"^this machine has 2 NVIDIA GPU\(s\) .*; running on the CPU"):
+        assert make_svm("torch", device="auto").device == "cpu"
+    with pytest.raises(ConfigError, match=r"^--device cuda: this machine has 2 NVIDIA GPU\(s\)"):
+        make_svm("torch", device="cuda")

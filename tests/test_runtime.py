@@ -6,6 +6,7 @@ import os
 import platform
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Dict, List
 
@@ -203,17 +204,22 @@ def test_the_driver_version_is_read_from_the_kernel_modules_line(tmp_path, monke
 
 
 def test_device_choice_on_a_gpu_torch_cannot_use(unusable_gpus):
+    from c3dfeat import C3DFeatWarning
     from c3dfeat.errors import ConfigError
-    from c3dfeat.pipeline.plan import cpu_fallback_warning, pick_device
 
     why = runtime.unusable_gpu_reason()
     with pytest.raises(ConfigError) as e:
-        pick_device("cuda")
+        runtime.pick_device("cuda")
     assert str(e.value) == f"--device cuda: {why}; use --device cpu"
-    cpu = pick_device("auto")
+    cpu = runtime.pick_device("auto")
     assert cpu == torch.device("cpu")
-    assert cpu_fallback_warning("auto", cpu) == f"{why}; running on the CPU (--device cpu: without this check)"
-    assert cpu_fallback_warning("cpu", cpu) is None  # asked for: nothing to say
+    note = f"{why}; running on the CPU (--device cpu: without this check)"
+    with pytest.warns(C3DFeatWarning) as caught:
+        assert runtime.warn_if_gpu_unused("auto", cpu) == note
+    assert [str(w.message) for w in caught] == [note]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert runtime.warn_if_gpu_unused("cpu", cpu) is None  # asked for: nothing to say
 
 
 @pytest.mark.usefixtures("tiny_models")

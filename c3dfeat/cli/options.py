@@ -79,7 +79,8 @@ class DecodeDevice(click.ParamType):
 
 # --- where things run ----------------------------------------------------------------------------
 device = click.option("--device", default="auto", show_default=True,
-                      help="auto (the first GPU if any, else cpu), cpu, cuda or cuda:N.")
+                      help="auto (the first GPU if any, else cpu, with a warning saying why when torch cannot use this "
+                           "machine's GPU), cpu, cuda or cuda:N.")
 dtype = click.option("--dtype", type=click.Choice(COMPUTE_DTYPES), default=COMPUTE_DTYPES[0],
                      show_default=True, help="Compute dtype (fp32 is exact).")
 workers = click.option(

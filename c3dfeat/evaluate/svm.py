@@ -28,6 +28,7 @@ import torch
 
 from c3dfeat.errors import EvalError
 from c3dfeat.evaluate.choices import SOLVERS as SOLVERS
+from c3dfeat.runtime import pick_device, warn_if_gpu_unused
 
 # Stopping tolerance of the fits that only RANK the C values in cross-validation (the final fit
 # uses liblinear's 1e-4). Measured on synthetic fc6-like data (4,000 x 1,024, 101 classes), the
@@ -316,12 +317,13 @@ class LiblinearSVM:
 def make_svm(solver: str = "torch", C: float = 1.0, device: str = "auto", cv: bool = False):
     """Build a linear SVM for ``solver`` in :data:`SOLVERS` (``cv``: looser tolerance, torch).
 
-    ``device``: "auto" (the first GPU if any, else the CPU), "cpu", "cuda" or "cuda:N".
+    ``device``: "auto" (the first GPU if any, else the CPU), "cpu", "cuda" or "cuda:N", as in
+    extraction (c3dfeat.runtime.pick_device: checked, and "auto" says why a GPU goes unused).
     """
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     if solver == "torch":
-        return TorchLinearSVM(C=C, device=device, tol=CV_TOL if cv else 1e-4)
+        chosen = pick_device(device)
+        warn_if_gpu_unused(device, chosen)
+        return TorchLinearSVM(C=C, device=str(chosen), tol=CV_TOL if cv else 1e-4)
     if solver == "liblinear":
         return LiblinearSVM(C=C)
     raise EvalError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")

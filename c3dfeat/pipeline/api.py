@@ -10,8 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence, Tuple, Union
 
-from c3dfeat.errors import C3DFeatWarning, ConfigError
-from c3dfeat.pipeline.plan import ModelRequest, cpu_fallback_warning, pick_device, prepare_models
+from c3dfeat.errors import ConfigError
+from c3dfeat.pipeline.plan import ModelRequest, prepare_models
 from c3dfeat.pipeline.procdecode import resolve_worker_kind
 from c3dfeat.pipeline.report import ExtractReport, Progress
 from c3dfeat.pipeline.run import (
@@ -25,7 +25,7 @@ from c3dfeat.pipeline.run import (
     run_batch_size,
 )
 from c3dfeat.pipeline.scheduler import LocalScheduler
-from c3dfeat.runtime import default_workers
+from c3dfeat.runtime import default_workers, pick_device, warn_if_gpu_unused
 from c3dfeat.transforms import Crops
 from c3dfeat.video import parse_decode_device
 
@@ -170,9 +170,7 @@ def extract(
                               "use worker_kind='thread' (or 'auto') with decode_device")
         worker_kind = "thread"
     dev = pick_device(device)
-    fallback = cpu_fallback_warning(device, dev)
-    if fallback:  # now, not in the report after hours on the CPU
-        warnings.warn(fallback, C3DFeatWarning, stacklevel=2)
+    fallback = warn_if_gpu_unused(device, dev)  # now, not in the report after hours on the CPU
     if workers is None:
         workers = default_workers(dev, decode_device=decode_device)
     kind = resolve_worker_kind(worker_kind, dev.type, workers)

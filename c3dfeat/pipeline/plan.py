@@ -28,8 +28,6 @@ __all__ = [
     "COMPUTE_DTYPES",
     "ModelRequest",
     "PreparedModel",
-    "pick_device",
-    "cpu_fallback_warning",
     "default_batch_size",
     "prepare_model",
     "prepare_models",
@@ -89,35 +87,6 @@ class PreparedModel:
         """Stored shape of one clip's features for `layer`: (D,) or (num_crops, D)."""
         li = next(x for x in self.info.layers if x.name == layer)
         return (self.num_crops, li.dim) if self.keep_crops else (li.dim,)
-
-
-def pick_device(device: str) -> torch.device:
-    """"auto" → cuda when available, else cpu; checks "cpu" / "cuda[:N]"."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        d = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"--device must be auto, cpu or cuda[:N], got {device!r}") from None
-    if d.type == "cuda" and not torch.cuda.is_available():
-        why = runtime.unusable_gpu_reason() or "CUDA is not available on this machine"
-        raise ConfigError(f"--device {device}: {why}; use --device cpu")
-    if d.type not in ("cpu", "cuda"):
-        raise ConfigError(f"--device must be auto, cpu or cuda[:N], got {device!r}")
-    if d.type == "cuda" and (d.index or 0) >= torch.cuda.device_count():
-        # else CUDA's "invalid device ordinal" surfaces deep inside the model's set-up
-        raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
-                          "numbered from cuda:0")
-    return d
-
-
-def cpu_fallback_warning(requested: str, device: torch.device) -> Optional[str]:
-    """For "auto" that chose the CPU on a machine with an NVIDIA GPU torch cannot use: the reason
-    and what happens (a run hundreds of times slower than the user expects); else None."""
-    if requested != "auto" or device.type != "cpu":
-        return None
-    why = runtime.unusable_gpu_reason()
-    return None if why is None else f"{why}; running on the CPU (--device cpu: without this check)"
 
 
 def default_batch_size(device: torch.device, model_names: Sequence[str]) -> int:

@@ -35,20 +35,18 @@ import logging
 import os
 import pickle
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
-from c3dfeat.errors import C3DFeatWarning, ConfigError
+from c3dfeat.errors import ConfigError
 from c3dfeat.pipeline.assemble import CommitGroup, ReadyVideo, VideoAssembler
 from c3dfeat.pipeline.decode import VideoFailed, VideoStart, VideoTask
 from c3dfeat.pipeline.plan import (
     Crops,
     PreparedModel,
-    cpu_fallback_warning,
     prepare_models,
 )
 from c3dfeat.pipeline.ray_actors import CLIP, FAILED, InferenceActor, decode_rows, import_worker, pack_models, trace
@@ -62,7 +60,7 @@ from c3dfeat.pipeline.run import (
     resolve_tasks,
     run_batch_size,
 )
-from c3dfeat.runtime import default_workers
+from c3dfeat.runtime import default_workers, warn_if_gpu_unused
 
 __all__ = ["extract_ray"]
 
@@ -423,9 +421,7 @@ def extract_ray(
     try:
         dev, gpus = _cluster_device(device)
         # A local runtime is this machine: say so when "auto" left its GPU unused (the local engine's check)
-        fallback = cpu_fallback_warning(device, dev) if started and ray_address in (None, "", "local") else None
-        if fallback:
-            warnings.warn(fallback, C3DFeatWarning, stacklevel=2)
+        fallback = warn_if_gpu_unused(device, dev) if started and ray_address in (None, "", "local") else None
         actors, cpus_each, _ = _actor_pool(dev, gpus)
         warming = _warm_workers(actors * (cpus_each or 0))  # noqa: F841  (kept alive until the dataset starts)
         batch_size = run_batch_size(batch_size, output, overwrite, dev, [r.name for r in reqs])
