@@ -69,6 +69,10 @@ class NoVideosError(InputError):
     """The inputs hold no video file (the CLI exits 2: bad usage)."""
 
 
+class DeviceMemoryError(C3DFeatError):
+    """A model's batch does not fit in the device's memory (the message names a batch size to try)."""
+
+
 class ExtractInterrupted(C3DFeatError):
     """Ctrl-C / SIGTERM stopped an extraction; committed videos are safe in the file.
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from c3dfeat.cli import cli, progress as progress_mod
@@ -127,6 +128,40 @@ def test_crop_alias_and_fps_zero(tmp_path, videos, tiny_models):
         assert prov["crops"] == 3 and prov["sampling"]["fps"] is None
     res = CliRunner().invoke(cli, ["extract", str(videos), "-o", str(out), "--crops", "3", "--crop", "10"])
     assert res.exit_code == 2 and "disagree" in res.output
+
+
+def test_a_batch_the_device_cannot_hold_is_one_line_naming_a_batch_size_and_the_run_resumes(
+        tmp_path, videos, tiny_models, commit_each_video, monkeypatch):
+    from c3dfeat.pipeline import batching
+    from c3dfeat.store import STATE_COMPLETE, STATE_INCOMPLETE, FeatureFile
+
+    forward, calls = batching.extract_layers, []
+
+    def runs_out_at_the_sixth_batch(net, x, layers):
+        calls.append(len(x))
+        if len(calls) == 6:  # what the caching allocator raises on a GPU
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.06 GiB. GPU 0 has a total "
+                                         "capacity of 7.79 GiB of which 1.02 GiB is free.\nmore details")
+        return forward(net, x, layers)
+
+    monkeypatch.setattr(batching, "extract_layers", runs_out_at_the_sixth_batch)
+    out = tmp_path / "f.h5"
+    args = ["extract", str(videos), "-o", str(out), *TINY, "--workers", "1", "-q"]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 1, res.output
+    assert res.stderr.splitlines() == [
+        "Error: tiny3d: a batch of 2 clip(s) does not fit in the memory of cpu (CUDA out of memory. Tried to "
+        "allocate 3.06 GiB. GPU 0 has a total capacity of 7.79 GiB of which 1.02 GiB is free.); rerun with a "
+        "smaller --batch-size, e.g. 1; the videos committed so far stay in the file and the run resumes"]
+    with FeatureFile(out) as ff:
+        assert ff.state == STATE_INCOMPLETE and ff.num_videos >= 1  # what was committed stays
+    monkeypatch.setattr(batching, "extract_layers", forward)
+    res = CliRunner().invoke(cli, [*args, "--batch-size", "1", "--json"])
+    assert res.exit_code == EXIT_SOME_FAILED, res.output
+    d = json.loads(res.stdout)
+    assert d["skipped"] >= 1 and d["skipped"] + d["ok"] + len(d["failed"]) == 5 and d["batch_size"] == 1
+    with FeatureFile(out) as ff:
+        assert ff.state == STATE_COMPLETE
 
 
 def test_retry_failed_extracts_failed_videos_again(tmp_path, tiny_models):

@@ -228,6 +228,23 @@ def _clips(n, seed=0, shape=(1, 3, 4, 24, 24)):
     return [torch.rand(shape, generator=g) for _ in range(n)]
 
 
+def test_one_clip_the_device_cannot_hold_says_what_else_to_try(monkeypatch):
+    from c3dfeat.errors import DeviceMemoryError
+    from c3dfeat.pipeline import batching
+
+    def out_of_memory(net, x, layers):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB.")
+
+    model = prepare_model(ModelRequest("tiny3d", ("conv",)), device=CPU, random_init=True)
+    monkeypatch.setattr(batching, "extract_layers", out_of_memory)
+    with pytest.raises(DeviceMemoryError) as e:
+        BatchRunner(model, 1, CPU).compute(_clips(1))
+    assert str(e.value) == ("tiny3d: a batch of 1 clip(s) does not fit in the memory of cpu (CUDA out of memory. "
+                            "Tried to allocate 9.00 GiB.); use a device with more memory, --dtype bf16, or "
+                            "--device cpu")
+    assert isinstance(e.value.__cause__, torch.OutOfMemoryError)
+
+
 def test_batch_runner_full_padded_batches_independent_of_companions():
     model = prepare_model(ModelRequest("tiny3d", ("conv", "input")), device=CPU, random_init=True)
     clips = _clips(7)

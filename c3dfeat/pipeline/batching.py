@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from c3dfeat import runtime
+from c3dfeat.errors import DeviceMemoryError
 from c3dfeat.models import extract_layers
 from c3dfeat.pipeline.plan import COMPUTE_DTYPES, PreparedModel
 from c3dfeat.pipeline.ring import ClipRing, SlotLoan
@@ -231,8 +232,11 @@ class BatchRunner(Generic[K]):
         model, c = self.model, self.model.num_crops
         b = self.batch_size if b is None else b
         reduced = self.compute_dtype != torch.float32
-        with torch.autocast(device_type=self.device.type, dtype=self.compute_dtype, enabled=reduced):
-            out = extract_layers(model.net, x, model.layers)
+        try:
+            with torch.autocast(device_type=self.device.type, dtype=self.compute_dtype, enabled=reduced):
+                out = extract_layers(model.net, x, model.layers)
+        except torch.OutOfMemoryError as e:  # not a bug: a setting this device cannot hold
+            raise DeviceMemoryError(self._out_of_memory(e)) from e
         host: Dict[str, torch.Tensor] = {}
         for layer in model.layers:
             y = out[layer][: b * c].reshape(b, c, -1).float()
@@ -248,6 +252,16 @@ class BatchRunner(Generic[K]):
             # After the copies out too: a layer may be a view of the input (e.g. "input").
             done = stage.record_consumed(torch.cuda.current_stream(self.device))
         return LaunchedBatch(keys, host, done)
+
+    def _out_of_memory(self, error: BaseException) -> str:
+        what = f"{self.model.key}: a batch of {self.batch_size} clip(s) does not fit in the memory of {self.device}"
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        if self.batch_size > 1:
+            fix = (f"rerun with a smaller --batch-size, e.g. {self.batch_size // 2}; the videos committed so "
+                   "far stay in the file and the run resumes")
+        else:
+            fix = "use a device with more memory, --dtype bf16, or --device cpu"
+        return f"{what} ({first}); {fix}"
 
     def _copy_rows(self, rows: np.ndarray, clips: Sequence[torch.Tensor]) -> None:
         """rows[k] = clips[k], in this thread or split with the copy helpers."""
