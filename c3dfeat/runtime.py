@@ -1,5 +1,6 @@
 """Process-wide runtime settings for extraction: the memory allocator, default batch sizes and
-decoder counts, and why a machine's GPU cannot be used.
+decoder counts, the device (`pick_device`, what `--device` means everywhere) and why a machine's
+GPU cannot be used.
 
     from c3dfeat.runtime import configure_allocator, default_batch_size, default_workers
     configure_allocator()                      # once, before the first large allocation
@@ -295,9 +296,9 @@ def unusable_gpu_reason() -> Optional[str]:
     has = f"this machine has {len(gpus)} NVIDIA GPU(s)" + (f" (driver {driver})" if driver else "")
     if torch.version.cuda is None:
         return (f"{has}, but torch {torch.__version__} is a CPU-only build: install a CUDA build of torch "
-                f"{torch.__version__.split('+')[0]} (docs/extract.md, \"On a GPU\")")
+                f"{torch.__version__.split('+')[0]} (docs/extract.md, \"GPU\")")
     return (f"{has}, but torch {torch.__version__} (built for CUDA {torch.version.cuda}) cannot use them: "
-            f"{_cuda_init_error(torch)} (docs/extract.md, \"On a GPU\")")
+            f"{_cuda_init_error(torch)} (docs/extract.md, \"GPU\")")
 
 
 def _nvidia_driver_version() -> Optional[str]:

@@ -157,7 +157,7 @@ def test_a_gpu_beside_a_cpu_only_torch_is_reported_with_what_to_install(unusable
     base = torch.__version__.split("+")[0]
     assert runtime.unusable_gpu_reason() == (
         f"this machine has 2 NVIDIA GPU(s) (driver 535.104.05), but torch {torch.__version__} is a CPU-only "
-        f'build: install a CUDA build of torch {base} (docs/extract.md, "On a GPU")')
+        f'build: install a CUDA build of torch {base} (docs/extract.md, "GPU")')
 
 
 def test_a_driver_too_old_for_torchs_cuda_is_reported_with_cudas_own_words(unusable_gpus, monkeypatch):
