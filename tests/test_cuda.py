@@ -108,7 +108,11 @@ def test_extract_on_the_device_equals_direct_computation_and_bf16_is_recorded(tm
     want = _direct(model, clips, 2, dev)
     with FeatureFile(fp32) as a, FeatureFile(bf16) as b:
         assert a.provenance["dtype"] == "fp32" and b.provenance["dtype"] == "bf16"
-        assert json.loads(a.h5.attrs["run"])["device"] == device
+        run = json.loads(a.h5.attrs["run"])
+        assert run["device"] == device
+        if dev.type == "cuda":
+            assert run["gpu"] == torch.cuda.get_device_name(dev) and run["cuda"] == torch.version.cuda
+            assert run["cudnn"] == torch.backends.cudnn.version()
         for layer in ("conv", "input"):
             np.testing.assert_array_equal(a.clips("x.mp4", "tiny3d", layer), want[layer])
         x, y = a.clips("x.mp4", "tiny3d", "conv"), b.clips("x.mp4", "tiny3d", "conv")

@@ -144,6 +144,12 @@ def test_extract_without_workers_uses_the_default_for_its_device_and_records_it(
     with h5py.File(tmp_path / "f.h5", "r") as f:
         run = json.loads(f.attrs["run"])
     assert asked == [("cpu", "cpu")] and run["workers"] == 3 and run["worker_kind"] == "thread"
+    # what else shaped the bits, for the record
+    import av
+
+    assert run["python"] == platform.python_version() and run["numpy"] == np.__version__
+    assert run["decoder_versions"] == {"av": av.__version__, "ffmpeg": av.ffmpeg_version_info}
+    assert "gpu" not in run and "cuda" not in run  # on a GPU: its name, CUDA and cuDNN (test_cuda.py)
 
 
 # ----------------------------------------------------------------------------- a GPU torch cannot use

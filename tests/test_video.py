@@ -277,3 +277,20 @@ def test_torchcodec_leaves_avi_to_pyav(vids):
         assert [frame_index(f) for f in v.get_frames(range(50))] == list(range(50))
     with open_video(vids["h264"], "torchcodec") as v:
         assert v.backend == "torchcodec"
+
+
+def test_backend_versions_name_the_libraries_behind_the_frames():
+    import av
+
+    from c3dfeat.video import available_backends, backend_versions
+
+    pyav = {"av": av.__version__, "ffmpeg": av.ffmpeg_version_info}
+    assert backend_versions("pyav") == pyav
+    if "decord" in available_backends():
+        import decord
+
+        assert backend_versions("decord") == {"decord": decord.__version__}
+    if "torchcodec" in available_backends():
+        import torchcodec
+
+        assert backend_versions("torchcodec") == {"torchcodec": torchcodec.__version__, **pyav}  # AVI goes to PyAV

@@ -16,6 +16,7 @@ from c3dfeat.pipeline.procdecode import resolve_worker_kind
 from c3dfeat.pipeline.report import ExtractReport, Progress
 from c3dfeat.pipeline.run import (
     check_options,
+    environment,
     finish_run,
     model_warnings,
     open_run_writer,
@@ -188,7 +189,8 @@ def extract(
         output, prepared, decoder=decoder, dtype=dtype, half=half, retry_failed=retry_failed, overwrite=overwrite,
         command_line=command_line, shard=shard_kn, decode_device=decode_device,
         run={"device": str(dev), "batch_size": batch_size, "workers": workers, "worker_kind": kind,
-             "decode_device": decode_device, "engine": "local", "allow_tf32": allow_tf32},
+             "decode_device": decode_device, "engine": "local", "allow_tf32": allow_tf32,
+             **environment(dev, decoder)},
     )
     interrupted = False
     try:

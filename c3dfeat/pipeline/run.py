@@ -22,7 +22,7 @@ from c3dfeat.pipeline.decode import VideoTask
 from c3dfeat.pipeline.plan import COMPUTE_DTYPES, ModelRequest, PreparedModel, default_batch_size
 from c3dfeat.pipeline.report import ExtractReport
 
-__all__ = ["check_options", "prepare_runtime", "resolve_tasks", "run_batch_size", "model_warnings",
+__all__ = ["check_options", "prepare_runtime", "resolve_tasks", "run_batch_size", "model_warnings", "environment",
            "open_run_writer", "pending_tasks", "failed_before", "finish_run"]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -132,6 +132,23 @@ def model_warnings(prepared: Sequence[PreparedModel], device: torch.device, dtyp
                 f"(`c3dfeat weights download {m.spec.name}.{m.spec.preprocessing.mean_cube}` for the exact input)"
             )
     return out
+
+
+def environment(device: torch.device, decoder: str) -> Dict[str, Any]:
+    """What else shaped this process's bits, for the `run` record (not compared): Python and
+    numpy, the decoder's library and FFmpeg, and on a GPU its name, CUDA and cuDNN."""
+    import platform
+
+    import numpy as np
+
+    from c3dfeat.video import backend_versions
+
+    env: Dict[str, Any] = {"python": platform.python_version(), "numpy": np.__version__,
+                           "decoder_versions": backend_versions(decoder)}
+    if device.type == "cuda":
+        env.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
+                   cudnn=torch.backends.cudnn.version())
+    return env
 
 
 def open_run_writer(output: PathLike, models: Sequence[PreparedModel], *, decoder: str, dtype: str, half: bool,

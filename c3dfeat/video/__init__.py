@@ -21,15 +21,15 @@ decode) raises :class:`~c3dfeat.errors.VideoDecodeError` naming the file and the
 from __future__ import annotations
 
 from c3dfeat.errors import VideoDecodeError
-from c3dfeat.video._base import BACKENDS, PathLike, VideoReader, _import_backend, available_backends
+from c3dfeat.video._base import BACKENDS, PathLike, VideoReader, _import_backend, available_backends, backend_versions
 from c3dfeat.video._decord import DecordReader
 from c3dfeat.video._device import DECODE_DEVICES, check_decode_device, decode_device_kind, parse_decode_device
 from c3dfeat.video._pyav import PyAVReader, timestamps_index_frames
 from c3dfeat.video._torchcodec import TorchCodecReader
 
 __all__ = ["BACKENDS", "DECODE_DEVICES", "VideoReader", "DecordReader", "PyAVReader", "TorchCodecReader",
-           "open_video", "available_backends", "check_decode_device", "decode_device_kind", "parse_decode_device",
-           "_import_backend"]
+           "open_video", "available_backends", "backend_versions", "check_decode_device", "decode_device_kind",
+           "parse_decode_device", "_import_backend"]
 
 
 def open_video(path: PathLike, backend: str = "pyav", threads: int = 0, device: str = "cpu") -> VideoReader:

@@ -52,6 +52,19 @@ def _import_backend(backend: str):
     raise VideoDecodeError(f"unknown video backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
+def backend_versions(backend: str) -> Dict[str, str]:
+    """The versions behind `backend`'s frames, for the record (FFmpeg's too, where PyAV says it).
+    torchcodec hands AVI-like containers to PyAV (`open_video`), so PyAV's are listed with it."""
+    module = _import_backend(backend)
+    if backend == "decord":
+        return {"decord": str(module.__version__)}
+    if backend == "torchcodec":
+        import torchcodec
+
+        return {"torchcodec": str(torchcodec.__version__), **backend_versions("pyav")}
+    return {"av": str(module.__version__), "ffmpeg": str(getattr(module, "ffmpeg_version_info", "unknown"))}
+
+
 def available_backends() -> List[str]:
     """The backends that import on this machine, in order of preference."""
     out = []
