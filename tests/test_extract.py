@@ -275,6 +275,10 @@ def test_info_command_shows_provenance_and_failures(tmp_path):
     assert "zero.mp4" in res.stdout
     js = json.loads(CliRunner().invoke(cli, ["info", str(out), "--json"]).stdout)
     assert js["failed"] == 1 and js["models"]["tiny3d"]["random_init"] is True
+    # the run record, flattened on one line: "run: allow_tf32 False, batch_size 3, decoder_versions.av ..."
+    run = " ".join(res.stdout.split()).split("run: ", 1)[1]
+    assert f"decoder_versions.av {js['run']['decoder_versions']['av']}," in run and "device cpu," in run
+    assert f"torch {torch.__version__}," in run and "workers 2" in run
 
 
 def test_cli_model_and_layer_syntax():

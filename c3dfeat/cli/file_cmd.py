@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import click
 
@@ -34,6 +34,14 @@ def merge_command(files: Tuple[Path, ...], output: Path, overwrite: bool) -> Non
             click.echo(f"{output} is {ff.state}: {ff.state_reason}")
 
 
+def _flat(record: Dict[str, Any], prefix: str = "") -> List[Tuple[str, Any]]:
+    """("decoder_versions.av", "18.1.0") pairs of a nested record, sorted."""
+    pairs: List[Tuple[str, Any]] = []
+    for k, v in sorted(record.items()):
+        pairs += _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
+    return pairs
+
+
 @cli.command("info")
 @_feature_file
 @options.as_json
@@ -58,6 +66,8 @@ def info_command(file: Path, as_json: bool, max_failures: int) -> None:
     out.print(f"state: [{colour}]{state}[/{colour}]: {s.get('state_reason', '')}")
     out.print(f"videos: {s['videos']} ({s['ok']} ok, {s['failed']} failed)")
     out.print(f"created: {s['created_utc']}  command: {s['command_line']}", markup=False)
+    if s["run"]:
+        out.print("run: " + ", ".join(f"{k} {v}" for k, v in _flat(s["run"])), markup=False)
     if s["shard"]:
         out.print(f"shard: {s['shard']}")
     for key, m in s["models"].items():
