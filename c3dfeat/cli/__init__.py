@@ -5,6 +5,7 @@ modules import torch-heavy code inside their command bodies only: `c3dfeat --hel
 import torch.
 """
 from c3dfeat.cli import (
+    env_cmd as env_cmd,  # registers `env`
     eval_cmd as eval_cmd,  # registers `linear-eval`, `pca`, `tsne`
     extract_cmd as extract_cmd,  # registers `extract`
     file_cmd as file_cmd,  # registers `info`, `merge`, `repair`, `export`

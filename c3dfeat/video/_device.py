@@ -12,6 +12,7 @@ import re
 from typing import Any, Optional
 
 from c3dfeat.errors import ConfigError, VideoDecodeError
+from c3dfeat.runtime import unusable_gpu_reason
 from c3dfeat.video._base import _import_backend, _short
 
 __all__ = ["DECODE_DEVICES", "check_decode_device", "parse_decode_device", "decode_device_kind"]
@@ -50,8 +51,9 @@ def check_decode_device(device: str, backend: str) -> str:
     import torch
 
     if not torch.cuda.is_available():
-        raise ConfigError(f"--decode-device {device}: torch {torch.__version__} sees no CUDA GPU (a CPU build of "
-                          "torch, or no GPU / driver); decode on the CPU (--decode-device cpu)")
+        why = unusable_gpu_reason() or (f"torch {torch.__version__} sees no CUDA GPU (a CPU build of torch, or no "
+                                        "GPU / driver)")
+        raise ConfigError(f"--decode-device {device}: {why}; decode on the CPU (--decode-device cpu)")
     index = int(device.partition(":")[2] or 0)
     if index >= torch.cuda.device_count():
         raise ConfigError(f"--decode-device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
