@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import math
 import os
 import platform
@@ -298,7 +299,7 @@ def unusable_gpu_reason() -> Optional[str]:
         return (f"{has}, but torch {torch.__version__} is a CPU-only build: install a CUDA build of torch "
                 f"{torch.__version__.split('+')[0]} (docs/extract.md, \"GPU\")")
     return (f"{has}, but torch {torch.__version__} (built for CUDA {torch.version.cuda}) cannot use them: "
-            f"{_cuda_init_error(torch)} (docs/extract.md, \"GPU\")")
+            f"{_cuda_init_error()} (docs/extract.md, \"GPU\")")
 
 
 def _nvidia_driver_version() -> Optional[str]:
@@ -313,8 +314,13 @@ def _nvidia_driver_version() -> Optional[str]:
     return found.group(1) if found else None
 
 
-def _cuda_init_error(torch: Any) -> str:
-    """The first line of what CUDA's initialisation raises (driver too old, no device ...)."""
+@functools.lru_cache(maxsize=1)
+def _cuda_init_error() -> str:
+    """The first line of what CUDA's initialisation raises (driver too old, no device ...).
+    Once per process: a failed initialisation does not heal, and callers such as the SVM's
+    `make_svm` ask on every fit."""
+    import torch
+
     try:
         torch.cuda.init()
     except Exception as e:  # noqa: BLE001 - any failure is the answer

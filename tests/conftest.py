@@ -41,4 +41,6 @@ def unusable_gpus(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.version, "cuda", None)  # the CPU wheel
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    return dev, version
+    runtime._cuda_init_error.cache_clear()  # a test may fake torch.cuda.init
+    yield dev, version
+    runtime._cuda_init_error.cache_clear()

@@ -180,6 +180,20 @@ def test_a_driver_too_old_for_torchs_cuda_is_reported_with_cudas_own_words(unusa
     assert "second line" not in why
 
 
+def test_cuda_is_asked_to_start_once_per_process(unusable_gpus, monkeypatch):
+    """make_svm asks on every fit; a failed CUDA start does not heal, so it is tried once."""
+    tries = []
+
+    def init():
+        tries.append(1)
+        raise RuntimeError(TOO_OLD)
+
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "init", init)
+    assert runtime.unusable_gpu_reason() == runtime.unusable_gpu_reason()
+    assert len(tries) == 1
+
+
 def test_no_gpu_hidden_gpus_and_a_container_without_gpu_access_are_not_reported(unusable_gpus, monkeypatch):
     dev, version = unusable_gpus
     for hidden in ("", "-1", " "):

@@ -151,13 +151,18 @@ class _Collector:
         self.assembler.put(seq, model, clip, feats)
 
 
+def _is_local(ray_address: Optional[str]) -> bool:
+    """Whether `ray_address` asks for a runtime started on this machine (not a cluster to join)."""
+    return ray_address in (None, "", "local")
+
+
 def _start_ray(ray_address: Optional[str], workers: int) -> bool:
     """Connect to Ray; True when this call started a local runtime (shut down at the end)."""
     import ray
 
     if ray.is_initialized():
         return False
-    if ray_address in (None, "", "local"):
+    if _is_local(ray_address):
         # The in-process engine's shape: `workers` decoders beside one inference worker.
         # worker_niceness 0: Ray starts its workers at nice 15 (to keep its own daemons responsive
         # on a shared node); here they do this run's work, which the in-process engine does at 0.
@@ -421,7 +426,7 @@ def extract_ray(
     try:
         dev, gpus = _cluster_device(device)
         # A local runtime is this machine: say so when "auto" left its GPU unused (the local engine's check)
-        fallback = warn_if_gpu_unused(device, dev) if started and ray_address in (None, "", "local") else None
+        fallback = warn_if_gpu_unused(device, dev) if started and _is_local(ray_address) else None
         actors, cpus_each, _ = _actor_pool(dev, gpus)
         warming = _warm_workers(actors * (cpus_each or 0))  # noqa: F841  (kept alive until the dataset starts)
         batch_size = run_batch_size(batch_size, output, overwrite, dev, [r.name for r in reqs])
