@@ -61,6 +61,10 @@ class ConfigError(C3DFeatError, ValueError):
     """An option value (sampling, crops, shard ...) is out of range or inconsistent."""
 
 
+class DecoderUnavailableError(ConfigError):
+    """A decoder's library (decord, PyAV, torchcodec) is not installed or does not load: no video's fault."""
+
+
 class InputError(C3DFeatError):
     """An input path or list file does not exist or cannot be parsed."""
 

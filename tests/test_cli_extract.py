@@ -109,6 +109,17 @@ def test_no_videos_is_bad_usage(tmp_path, tiny_models):
     assert "empty" in errors[0] and ".mp4" in errors[0]
 
 
+def test_a_decoder_that_does_not_load_stops_before_any_video_is_failed_for_it(tmp_path, videos, tiny_models,
+                                                                             monkeypatch):
+    monkeypatch.setitem(sys.modules, "decord", None)  # the package missing
+    out = tmp_path / "f.h5"
+    res = CliRunner().invoke(cli, ["extract", str(videos), "-o", str(out), *TINY, "--decoder", "decord"])
+    assert res.exit_code == 1, res.output
+    errors = [ln for ln in res.output.splitlines() if not ln.startswith("extract: starting")]
+    assert errors == [errors[0]] and errors[0].startswith("Error: the decord backend is not installed")
+    assert "pip install decord" in errors[0] and not out.exists()  # no file of "failed" videos
+
+
 def test_missing_output_folder_is_one_line(tmp_path, videos):
     res = CliRunner().invoke(cli, ["extract", str(videos), "-o", str(tmp_path / "nope" / "f.h5")])
     assert res.exit_code == 2

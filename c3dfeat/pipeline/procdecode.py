@@ -59,7 +59,7 @@ from typing import Any, Generator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from c3dfeat.errors import VideoDecodeError
+from c3dfeat.errors import DecoderUnavailableError
 from c3dfeat.pipeline.decode import (
     ClipReady,
     DecodeMessage,
@@ -300,8 +300,8 @@ def _preload_decoder(decoder: str) -> None:
     for backend in {decoder, "pyav"}:  # torchcodec leaves AVI files to PyAV
         try:
             _import_backend(backend)
-        except VideoDecodeError:
-            pass  # not installed: each video then fails in the child with this reason, as in a thread
+        except DecoderUnavailableError:
+            pass  # the run checked its decoder; torchcodec's PyAV for AVI: the child raises it as a thread would
 
 
 def _numel(shape: Sequence[int]) -> int:

@@ -47,10 +47,11 @@ def check_options(models: Sequence[Any], *, weights: Optional[PathLike], dtype: 
         raise ConfigError(f"crop_reduce must be 'mean' or 'none', got {crop_reduce!r}")
     if (batch_size is not None and batch_size < 1) or (workers is not None and workers < 1):
         raise ConfigError(f"batch_size and workers must be >= 1, got {batch_size} and {workers}")
-    from c3dfeat.video import BACKENDS
+    from c3dfeat.video import BACKENDS, _import_backend
 
     if decoder not in BACKENDS:
         raise ConfigError(f"decoder must be one of {', '.join(BACKENDS)}, got {decoder!r}")
+    _import_backend(decoder)  # not loadable: DecoderUnavailableError now, not every video failed for it
     if decode_device != "cpu":
         from c3dfeat.video import check_decode_device
 

@@ -16,11 +16,13 @@ of order), and clip sampling is defined on frame indices (docs/sampling.md).
 Memory is bounded by the request: a reader never decodes or holds a whole video, only the frames
 asked for plus the frames of the previous request (so overlapping clips do not decode twice).
 Every failure (missing file, not a video, no video stream, truncated data, a frame that does not
-decode) raises :class:`~c3dfeat.errors.VideoDecodeError` naming the file and the reason.
+decode) raises :class:`~c3dfeat.errors.VideoDecodeError` naming the file and the reason. A
+decoder whose library does not load raises :class:`~c3dfeat.errors.DecoderUnavailableError`
+instead: that is this machine's fault, not the video's (a run stops with it).
 """
 from __future__ import annotations
 
-from c3dfeat.errors import VideoDecodeError
+from c3dfeat.errors import ConfigError, VideoDecodeError
 from c3dfeat.video._base import BACKENDS, PathLike, VideoReader, _import_backend, available_backends, backend_versions
 from c3dfeat.video._decord import DecordReader
 from c3dfeat.video._device import DECODE_DEVICES, check_decode_device, decode_device_kind, parse_decode_device
@@ -50,4 +52,4 @@ def open_video(path: PathLike, backend: str = "pyav", threads: int = 0, device: 
             # so those files are read by PyAV, whose frames torchcodec's equal elsewhere.
             return PyAVReader(path, threads=threads)
         return TorchCodecReader(path, threads=threads, device=device)
-    raise VideoDecodeError(f"unknown video backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    raise ConfigError(f"unknown video backend {backend!r}; choose one of {', '.join(BACKENDS)}")

@@ -10,7 +10,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from c3dfeat.errors import VideoDecodeError
+from c3dfeat.errors import ConfigError, DecoderUnavailableError, VideoDecodeError
 
 BACKENDS = ("decord", "pyav", "torchcodec")
 PathLike = Union[str, os.PathLike]
@@ -29,7 +29,8 @@ def _import_backend(backend: str):
         try:
             import decord
         except ImportError as e:  # pragma: no cover - depends on the platform
-            raise VideoDecodeError(f"the decord backend is not installed ({e}); {_INSTALL_HINT['decord']}") from e
+            raise DecoderUnavailableError(
+                f"the decord backend is not installed ({e}); {_INSTALL_HINT['decord']}") from e
         # decord forwards ffmpeg's log (e.g. "[mpeg4] ac-tex damaged") to stderr by default.
         decord.logging.set_level(decord.logging.QUIET)
         return decord
@@ -37,7 +38,7 @@ def _import_backend(backend: str):
         try:
             import av
         except ImportError as e:  # pragma: no cover
-            raise VideoDecodeError(f"the pyav backend is not installed ({e}); {_INSTALL_HINT['pyav']}") from e
+            raise DecoderUnavailableError(f"the pyav backend is not installed ({e}); {_INSTALL_HINT['pyav']}") from e
         av.logging.set_level(None)  # None = PyAV does not install ffmpeg's log callback: silent
         return av
     if backend == "torchcodec":
@@ -45,11 +46,11 @@ def _import_backend(backend: str):
             from torchcodec import decoders
         except (ImportError, OSError, RuntimeError) as e:  # OSError: FFmpeg / libtorch_cuda not loadable
             reason = str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__
-            raise VideoDecodeError(
+            raise DecoderUnavailableError(
                 f"the torchcodec backend cannot be loaded ({reason}); {_INSTALL_HINT['torchcodec']}"
             ) from e
         return decoders
-    raise VideoDecodeError(f"unknown video backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    raise ConfigError(f"unknown video backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
 def backend_versions(backend: str) -> Dict[str, str]:
@@ -71,7 +72,7 @@ def available_backends() -> List[str]:
     for b in BACKENDS:
         try:
             _import_backend(b)
-        except VideoDecodeError:
+        except DecoderUnavailableError:
             continue
         out.append(b)
     return out
