@@ -7,7 +7,10 @@ Runs in every Ray worker process the tests start:
   that both nodes did work;
 * wraps ``c3dfeat.video.open_video`` so that the *first* time any worker reads the second window
   of a video whose file name contains ``kill-me``, that worker SIGKILLs itself mid-video — a
-  flag file ``<video>.killed`` (holding the killed pid) makes it happen once per test run.
+  flag file ``<video>.killed`` (holding the killed pid) makes it happen once per test run;
+* with ``$C3DFEAT_TEST_FAULTS`` set (a folder): while ``<folder>/decoder-missing`` exists, opening
+  a video raises the ConfigError a node without the decoder's package would; while
+  ``<folder>/oom`` exists, the inference actor's batches raise DeviceMemoryError.
 """
 from __future__ import annotations
 
@@ -30,12 +33,17 @@ def setup() -> None:
         Path(nodes).mkdir(parents=True, exist_ok=True)
         (Path(nodes) / ray.get_runtime_context().get_node_id()).touch()
     import c3dfeat.video as video
+    from c3dfeat.errors import ConfigError, DeviceMemoryError
+    from c3dfeat.pipeline.batching import BatchRunner
 
     if getattr(video.open_video, "_kill_hook", False):
         return
     original = video.open_video
+    faults = os.environ.get("C3DFEAT_TEST_FAULTS")
 
     def open_video(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if faults and Path(faults, "decoder-missing").exists():
+            raise ConfigError("test fault: this node has no decoder package")
         reader = original(path, *args, **kwargs)
         flag = Path(str(path) + ".killed")
         if KILL_MARK in Path(path).name and not flag.exists():
@@ -54,3 +62,12 @@ def setup() -> None:
 
     open_video._kill_hook = True  # type: ignore[attr-defined]
     video.open_video = open_video
+
+    compute = BatchRunner.compute
+
+    def failing_compute(self: Any, clips: Any) -> Any:
+        if faults and Path(faults, "oom").exists():
+            raise DeviceMemoryError("test fault: the batch does not fit")
+        return compute(self, clips)
+
+    BatchRunner.compute = failing_compute  # type: ignore[method-assign]

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 
-from c3dfeat.errors import ExtractInterrupted
+from c3dfeat.errors import ConfigError, DecoderUnavailableError, DeviceMemoryError, ExtractInterrupted
 from c3dfeat.pipeline import extract
 from c3dfeat.store import FeatureFile
 from tests._extract_tiny import tiny_models  # noqa: F401  (fixture)
@@ -31,12 +33,18 @@ OPTS = dict(random_init=True, device="cpu", batch_size=3)
 
 
 @pytest.fixture(scope="module")
-def ray_runtime():
+def faults(tmp_path_factory):
+    """The folder whose flag files make the module's Ray workers fail (tests/_ray_hooks.py)."""
+    return tmp_path_factory.mktemp("ray_faults")
+
+
+@pytest.fixture(scope="module")
+def ray_runtime(faults):
     # A private runtime on this machine: no token authentication. Set for the whole process (the
     # driver keeps its auth mode across ray.init calls; test_ray_cluster.py needs it off too).
     os.environ["RAY_AUTH_MODE"] = "disabled"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning",
-             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)},
+             runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "C3DFEAT_TEST_FAULTS": str(faults)},
                           "worker_process_setup_hook": "tests._ray_hooks.setup"})
     yield
     ray.shutdown()
@@ -97,6 +105,62 @@ def test_worker_killed_mid_video_is_retried(ray_runtime, tmp_path):
     assert report.ok == 3 and [v for v, _ in report.failed] == ["text.mp4"]  # failed once, not per retry
     with FeatureFile(out) as ff:
         assert ff.num_videos == 4
+
+
+@pytest.mark.parametrize("fault, error, where", [
+    ("decoder-missing", ConfigError, "decoding "),  # a node without the decoder's package
+    ("oom", DeviceMemoryError, "running the models"),  # a batch the actor's device cannot hold
+])
+def test_a_typed_error_in_a_worker_stops_the_run_typed_and_the_rerun_resumes(ray_runtime, faults, videos, reference,
+                                                                             tmp_path, fault, error, where):
+    """Not Ray's RayTaskError / ActorDiedError with our message at the end of a traceback: the
+    error itself, with the node in its notes; the file says why it stopped."""
+    out = tmp_path / "out.h5"
+    (faults / fault).touch()
+    try:
+        with pytest.raises(error, match="^test fault: ") as e:
+            extract([videos], out, MODELS, engine="ray", **OPTS)
+    finally:
+        (faults / fault).unlink()
+    assert type(e.value) is error
+    assert any(n.startswith("(raised in a Ray worker on node ") and where in n for n in e.value.__notes__)
+    with FeatureFile(out) as ff:
+        assert ff.state == "incomplete" and f"({error.__name__})" in ff.state_reason
+    extract([videos], out, MODELS, engine="ray", **OPTS)
+    _assert_same_datasets(out, reference)
+
+
+def test_an_actor_given_a_gpu_its_torch_cannot_use_says_so(unusable_gpus, monkeypatch):
+    """A cluster node whose torch cannot run on the GPU Ray counted there (CPU-only torch here)."""
+    import torch
+
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # the actor's setting, not this process's
+
+    from c3dfeat.pipeline.plan import ModelRequest, prepare_models
+    from c3dfeat.pipeline.ray_actors import CLIP, ERROR, InferenceActor, pack_models, worker_error
+
+    (m,) = prepare_models([ModelRequest("tiny3d")], device=torch.device("cpu"), random_init=True)
+    actor = InferenceActor(pack_models([m]), "cuda", "fp32", False, 2, 1)
+    batch = {"seq": np.array([0]), "kind": np.array([CLIP]), "model": np.array([0]), "clip": np.array([0]),
+             "end": np.array([True]), "meta": np.array([b""], dtype=object), "data": np.array([b"x"], dtype=object)}
+    for _ in range(2):  # every call says it (Ray Data may hand the actor several batches)
+        out = actor(batch)
+        assert list(out["kind"]) == [ERROR] and list(out) == list(batch)
+        err = worker_error(out["meta"][0])
+        assert isinstance(err, ConfigError)
+        assert re.match(r"--device cuda: Ray gave an inference actor a GPU on node \S+, but torch \S+ there cannot "
+                        r"use it: this machine has 2 NVIDIA GPU\(s\) \(driver 535.104.05\), but torch .* CPU-only",
+                        str(err)), str(err)
+
+
+def test_a_decoder_the_driver_lacks_is_refused_before_ray_starts(videos, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "decord", None)
+    monkeypatch.setattr(ray, "init", None)  # not called
+    with pytest.raises(DecoderUnavailableError, match="the decord backend is not installed"):
+        extract([videos], tmp_path / "x.h5", MODELS, engine="ray", decoder="decord", **OPTS)
+    assert not (tmp_path / "x.h5").exists()
 
 
 def _interrupt_after(commits: int):

@@ -3,9 +3,11 @@
 The module fixture runs `ray start --head` (1 CPU) and a second `ray start --address ...` (1 CPU,
 its own resources, its own temp dir), and stops exactly the processes those two commands started.
 With one CPU per node, the inference actor holds one node's CPU and every decode task runs on
-the other node: both nodes work. Tests:
+the other node: both nodes work. The second node also declares one GPU, which its torch (this
+machine's CPU build) cannot use. Tests:
 
 * the cluster's file equals the in-process file, dataset by dataset;
+* `--device cuda` there stops with a one-line ConfigError naming the node, not Ray's ActorDiedError;
 * (slow) the driver SIGKILLed mid-run (writer open): rerunning the same call resumes, and the
   file equals the uninterrupted in-process run.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -23,6 +26,7 @@ from typing import List
 
 import pytest
 
+from c3dfeat.errors import ConfigError
 from c3dfeat.pipeline import extract
 from tests._extract_tiny import tiny_models  # noqa: F401  (fixture)
 from tests.synth import make_broken, make_video
@@ -79,7 +83,7 @@ def cluster(tmp_path_factory):
         subprocess.run([ray_bin, "start", "--head", "--port", str(port), "--temp-dir", str(head_dir),
                         "--include-dashboard=false", *common], env=env, check=True, capture_output=True, timeout=120)
         subprocess.run([ray_bin, "start", "--address", f"127.0.0.1:{port}", "--temp-dir", str(node_dir),
-                        "--resources", json.dumps({"second_node": 1}), *common],
+                        "--resources", json.dumps({"second_node": 1}), "--num-gpus", "1", *common],
                        env=env, check=True, capture_output=True, timeout=120)
         yield f"127.0.0.1:{port}"
     finally:
@@ -131,6 +135,15 @@ def test_two_node_cluster_equals_in_process(cluster, videos, reference, tmp_path
     assert not ray.is_initialized()  # extract connected itself and disconnected at the end
     _assert_same_datasets(out, reference)
     assert report.ok == 6 and [v for v, _ in report.failed] == ["text.mp4"]
+
+
+def test_a_gpu_its_nodes_torch_cannot_use_stops_the_run_naming_the_node(cluster, videos, tmp_path):
+    with pytest.raises(ConfigError) as e:
+        extract([videos], tmp_path / "gpu.h5", MODELS, engine="ray", ray_address=cluster, random_init=True,
+                device="cuda", batch_size=2)
+    assert re.fullmatch(r"--device cuda: Ray gave an inference actor a GPU on node \S+, but torch \S+ there cannot "
+                        r"use it: it sees no usable NVIDIA GPU; .* or use --device cpu", str(e.value)), str(e.value)
+    assert not ray.is_initialized()
 
 
 _DRIVER = (

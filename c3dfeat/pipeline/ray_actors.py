@@ -24,14 +24,18 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from c3dfeat.errors import C3DFeatError, ConfigError
 from c3dfeat.pipeline.batching import BatchRunner
 from c3dfeat.pipeline.decode import ClipReady, VideoEnd, VideoFailed, VideoStart, VideoTask, decode_video
 from c3dfeat.pipeline.plan import PreparedModel
 from c3dfeat.pipeline.run import prepare_runtime
-from c3dfeat.runtime import usable_cores
+from c3dfeat.runtime import unusable_gpu_reason, usable_cores
 
-# Row kinds of the decode → inference → driver stream (one schema for every row).
-CLIP, EMPTY, FAILED = 0, 1, 2
+# Row kinds of the decode → inference → driver stream (one schema for every row). ERROR carries
+# one of our typed errors (a pickled C3DFeatError) to the driver, which raises it again: raised
+# in the worker, it would arrive as Ray's RayTaskError / ActorDiedError, our one-line message
+# only at the end of a traceback's text.
+CLIP, EMPTY, FAILED, ERROR = 0, 1, 2, 3
 TRACE_ENV = "C3DFEAT_RAY_TRACE"  # a file: every process appends "<unix time> <pid> <phase>" lines
 
 Weights = Dict[str, Any]  # tensor name -> numpy array (a torch tensor where numpy has no dtype)
@@ -68,6 +72,14 @@ def decode_rows(row: Dict[str, Any], *, models: Sequence[PreparedModel], decoder
     task = VideoTask(int(row["seq"]), str(row["id"]), Path(str(row["path"])), str(row["label"]),
                      int(row["input_index"]))
     trace(f"decode start {task.seq}")
+    try:
+        yield from _video_rows(task, models, decoder)
+    except C3DFeatError as e:  # not the video's fault (decode_video made those a FAILED row): the run's
+        yield error_row(e, f"decoding {task.path}")
+    trace(f"decode end {task.seq}")
+
+
+def _video_rows(task: VideoTask, models: Sequence[PreparedModel], decoder: str) -> Iterator[Dict[str, Any]]:
     header = b""
     held: Optional[Dict[str, Any]] = None
     for msg in decode_video(task, models, decoder):
@@ -91,11 +103,30 @@ def decode_rows(row: Dict[str, Any], *, models: Sequence[PreparedModel], decoder
             yield _row(task.seq, FAILED, -1, -1, pickle.dumps(msg.record), b"")
     if held is not None:
         yield held
-    trace(f"decode end {task.seq}")
 
 
 def _row(seq: int, kind: int, model: int, clip: int, meta: bytes, data: bytes) -> Dict[str, Any]:
     return {"seq": seq, "kind": kind, "model": model, "clip": clip, "end": False, "meta": meta, "data": data}
+
+
+def _node() -> str:
+    import ray
+
+    return str(ray.util.get_node_ip_address())
+
+
+def error_row(error: C3DFeatError, where: str) -> Dict[str, Any]:
+    """`error` as an ERROR row; the node and what the worker was doing go into its notes."""
+    error.add_note(f"(raised in a Ray worker on node {_node()}, {where})")
+    return _row(-1, ERROR, -1, -1, pickle.dumps(error, protocol=pickle.HIGHEST_PROTOCOL), b"")
+
+
+def worker_error(meta: bytes) -> C3DFeatError:
+    """The typed error an ERROR row carries (the driver raises it)."""
+    error = pickle.loads(meta)  # our own workers' bytes, through the object store
+    if not isinstance(error, C3DFeatError):
+        raise RuntimeError(f"internal error: an ERROR row carries {type(error).__name__}, not a C3DFeatError")
+    return error
 
 
 # ----------------------------------------------------------------------------- model shipping
@@ -145,19 +176,38 @@ class InferenceActor:
         import ray
 
         trace("actor init")
-        # Ray sets OMP_NUM_THREADS=1 in its workers; a CPU actor uses the node's usable cores (its
-        # affinity and CPU quota) as the in-process engine's main thread does (decode tasks run beside
-        # it there too).
-        torch.set_num_threads(threads if threads > 0 else usable_cores() if device == "cpu" else 1)
-        dev = torch.device(device)
-        prepare_runtime(dev, allow_tf32)
-        packed = ray.get(models_ref) if isinstance(models_ref, ray.ObjectRef) else models_ref
-        self.runners: List[BatchRunner[int]] = [
-            BatchRunner(m, batch_size, dev, dtype) for m in unpack_models(packed, dev)
-        ]
+        # A typed error here is kept and returned by every call: raised, it would reach the driver
+        # as Ray's ActorDiedError (after Ray Data's restarts), its message lost in a traceback.
+        self.error: Optional[Dict[str, np.ndarray]] = None
+        self.runners: List[BatchRunner[int]] = []
+        try:
+            # Ray sets OMP_NUM_THREADS=1 in its workers; a CPU actor uses the node's usable cores (its
+            # affinity and CPU quota) as the in-process engine's main thread does (decode tasks run
+            # beside it there too).
+            torch.set_num_threads(threads if threads > 0 else usable_cores() if device == "cpu" else 1)
+            dev = torch.device(device)
+            if dev.type == "cuda" and not torch.cuda.is_available():
+                # Ray counts a node's GPUs itself; torch's build there may not run on them (docs/scale.md)
+                why = unusable_gpu_reason() or "it sees no usable NVIDIA GPU"
+                raise ConfigError(f"--device {device}: Ray gave an inference actor a GPU on node {_node()}, but "
+                                  f"torch {torch.__version__} there cannot use it: {why}; give that node a "
+                                  "CUDA build of torch its driver runs, or use --device cpu")
+            prepare_runtime(dev, allow_tf32)
+            packed = ray.get(models_ref) if isinstance(models_ref, ray.ObjectRef) else models_ref
+            self.runners = [BatchRunner(m, batch_size, dev, dtype) for m in unpack_models(packed, dev)]
+        except C3DFeatError as e:
+            self.error = _one_row(error_row(e, "starting an inference actor"))
         trace("actor ready")
 
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        if self.error is None:
+            try:
+                return self._compute(batch)
+            except C3DFeatError as e:  # e.g. DeviceMemoryError: stops the run, typed (later calls say it again)
+                self.error = _one_row(error_row(e, "running the models"))
+        return self.error
+
+    def _compute(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         kinds, model_of, data = batch["kind"], batch["model"], batch["data"]
         trace(f"actor call {len(kinds)} rows, cpu {time.process_time():.2f} s, {_minor_faults()} page faults")
         out = np.empty(len(kinds), dtype=object)
@@ -175,3 +225,13 @@ class InferenceActor:
         batch["data"] = out
         trace(f"actor done, cpu {time.process_time():.2f} s, {_minor_faults()} page faults")
         return batch
+
+
+def _one_row(row: Dict[str, Any]) -> Dict[str, np.ndarray]:
+    """A row as a one-row numpy batch (map_batches' output format)."""
+    out = {}
+    for key, value in row.items():
+        column = np.empty(1, dtype=object if isinstance(value, bytes) else type(value))
+        column[0] = value
+        out[key] = column
+    return out

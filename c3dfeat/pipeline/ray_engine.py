@@ -49,7 +49,17 @@ from c3dfeat.pipeline.plan import (
     PreparedModel,
     prepare_models,
 )
-from c3dfeat.pipeline.ray_actors import CLIP, FAILED, InferenceActor, decode_rows, import_worker, pack_models, trace
+from c3dfeat.pipeline.ray_actors import (
+    CLIP,
+    ERROR,
+    FAILED,
+    InferenceActor,
+    decode_rows,
+    import_worker,
+    pack_models,
+    trace,
+    worker_error,
+)
 from c3dfeat.pipeline.report import ExtractReport, Progress
 from c3dfeat.pipeline.run import (
     check_options,
@@ -97,6 +107,8 @@ class _Collector:
 
     def add(self, seq: int, kind: int, model: int, clip: int, end: bool, meta: bytes, data: bytes) -> Optional[str]:
         """Take one row; returns the id of a video whose header was just read (progress)."""
+        if kind == ERROR:  # a worker's typed error (its seq is no video's): the run stops with it
+            raise worker_error(meta)
         if seq < self.assembler.head or self.assembler.is_failed(seq):
             return None  # a duplicate of a committed / failed video's row
         if kind == FAILED:
@@ -462,5 +474,5 @@ def extract_ray(
         return finish_run(writer, interrupted=interrupted, output=output, tasks=tasks, report=report, t0=t0)
     finally:
         if started:
-            _shutdown(local=ray_address in (None, "", "local"))
+            _shutdown(local=_is_local(ray_address))
         trace("shutdown done")
