@@ -206,7 +206,7 @@ class ClipTransform:
             if pre.resize_input == "normalized":
                 img.sub_(self._mean.view(1, 3, 1, 1).to(img.device)).div_(self._std.view(1, 3, 1, 1).to(img.device))
                 normalized = True
-            img = F.interpolate(img, size=(rh, rw), mode="bilinear", align_corners=False, antialias=pre.antialias)
+            img = resize_planes(img, (rh, rw), pre.antialias)
             img = img[:, :, y0:y1, x0:x1].permute(1, 0, 2, 3)
         # img: (3, n, y1-y0, x1-x0) float
         if self._bgr and not divided:
@@ -239,10 +239,10 @@ class ClipTransform:
             # input size (a 1280x720 frame is not converted to float). Same result.
             img = _bilinear_gather(x, (rh, rw), (y0, y1), (x0, x1)).permute(3, 0, 1, 2)
         else:
-            # channels-last float (one elementwise pass), as torchvision's preset gets it
-            # from the permuted (T, H, W, C) video; both layouts give identical results
-            img = x.permute(0, 3, 1, 2).to(torch.float32)
-            img = F.interpolate(img, size=(rh, rw), mode="bilinear", align_corners=False, antialias=self.pre.antialias)
+            # (n, 3, H, W) float, converted and transposed in one pass; torchvision's preset resizes
+            # the channels-last view of the (T, H, W, C) video: the same values (resize_planes)
+            img = torch.empty((x.shape[0], 3, h, w), dtype=torch.float32, device=x.device)
+            img = resize_planes(img.copy_(x.permute(0, 3, 1, 2)), (rh, rw), self.pre.antialias)
             img = img[:, :, y0:y1, x0:x1].permute(1, 0, 2, 3)
         if self.quantize_resize:
             # what uint8 output does in torchvision's F.resize: round to whole levels
@@ -288,6 +288,22 @@ class ClipTransform:
 
 
 
+def resize_planes(img: torch.Tensor, size: Tuple[int, int], antialias: bool = False) -> torch.Tensor:
+    """Bilinear F.interpolate (align_corners=False) of an (n, c, H, W) float tensor, computed as
+    n*c one-channel images: the same values, and the same bits at any intra-op thread count.
+
+    PyTorch's CPU kernel (2.13, 2.14) rounds differently with ONE thread when an image has several
+    channels, in either memory layout: up to 1e-6 after normalisation, and a whole uint8 level
+    where the result is rounded (torchvision's uint8 resize). Decode processes run one thread, so
+    --worker-kind changed the features of every model resized by torch, and a 1-core machine got
+    other inputs than the references do on any multi-core one. One-channel images take the same
+    path at every thread count, equal to the multi-thread result (tests/test_transforms.py)."""
+    n, c, h, w = img.shape
+    out = F.interpolate(img.reshape(n * c, 1, h, w), size=size, mode="bilinear", align_corners=False,
+                        antialias=antialias)
+    return out.view(n, c, *size)
+
+
 # ---------------------------------------------------------------------------------------------
 # Bilinear resize by gathering: the same float32 arithmetic as PyTorch's CPU kernel
 #
@@ -300,11 +316,10 @@ class ClipTransform:
 #     row = fma(p[i0], wx0, p[i1] * wx1);  out = fma(row0, wy0, row1 * wy1)
 # Emulating that (an fma is exact in float64, then rounded once to float32) on only the
 # pixels the crops need is several times faster than converting whole frames to float, and the
-# result is bit-identical (checked on torch 2.13 CPU with 2+ threads). Because the kernel's
-# arithmetic depends on how PyTorch was built and even on the thread count (with one thread it
-# takes another path whose rounding we do not reproduce), each (geometry, threads) pair is
-# checked against F.interpolate on random frames first; on any difference F.interpolate itself
-# is used. Either way the output equals F.interpolate's.
+# result is bit-identical to resize_planes (checked on torch 2.13 CPU). Because the kernel's
+# arithmetic depends on how PyTorch was built (and, for several channels, on the thread count:
+# resize_planes), each (geometry, threads) pair is checked against resize_planes on random
+# frames first; on any difference resize_planes itself is used. Either way the output is its.
 
 _FAST_OK: dict = {}
 # The gather costs ~3x more per output pixel than F.interpolate's kernel, but nothing per input
@@ -359,8 +374,6 @@ def _fast_bilinear_is_exact(h: int, w: int, rh: int, rw: int) -> bool:
     if key not in _FAST_OK:
         gen = torch.Generator().manual_seed(h * 7919 + w)
         probe = torch.randint(0, 256, (2, h, w, 3), generator=gen, dtype=torch.uint8)
-        ref = F.interpolate(
-            probe.permute(0, 3, 1, 2).to(torch.float32), size=(rh, rw), mode="bilinear", align_corners=False
-        ).permute(0, 2, 3, 1)
+        ref = resize_planes(probe.permute(0, 3, 1, 2).to(torch.float32), (rh, rw)).permute(0, 2, 3, 1)
         _FAST_OK[key] = bool(torch.equal(_bilinear_gather(probe, (rh, rw), (0, rh), (0, rw)), ref))
     return _FAST_OK[key]

@@ -2,6 +2,7 @@
 that dies fails only its video, children that keep dying stop the run, nothing left behind."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -78,6 +79,25 @@ def test_processes_give_the_threads_file(tmp_path, videos, workers, batch_size, 
     assert [v for v, _ in rp.failed] == ["truncated.mp4"]  # a bad video is still just a failed video
     assert _run_attr(procs)["worker_kind"] == "process" and _run_attr(threads)["worker_kind"] == "thread"
     assert not multiprocessing.active_children()
+
+
+def test_processes_give_the_threads_file_for_a_model_torch_resizes(tmp_path, monkeypatch):
+    """A decode process runs one torch thread, the calling process several; torchvision's uint8
+    resize (R(2+1)D-18's preset) rounded some pixels to another level at one thread (before
+    transforms.resize_planes), so the two worker kinds gave different clips."""
+    from c3dfeat import get_spec
+    from c3dfeat.models._registry import _REGISTRY
+    from tests._extract_tiny import _spec
+
+    pre = dataclasses.replace(get_spec("r2plus1d_18").preprocessing, clip_len=4, stride=4, frame_step=1, fps=None)
+    spec = dataclasses.replace(_spec("tiny3d_tv", pre.crop_size), preprocessing=pre)
+    monkeypatch.setitem(_REGISTRY, spec.name, spec)
+    make_video(tmp_path / "v" / "a.mp4", 24, size=(240, 320), noise=20)  # 6 clips: 3 levels differed
+    models = [("tiny3d_tv", ["input"])]
+    threads, procs = tmp_path / "threads.h5", tmp_path / "procs.h5"
+    _run(tmp_path / "v", threads, models=models, workers=1, batch_size=2, worker_kind="thread")
+    _run(tmp_path / "v", procs, models=models, workers=1, batch_size=2, worker_kind="process")
+    _assert_same_datasets(procs, threads)
 
 
 def test_resume_across_worker_kinds(tmp_path, videos, commit_each_video):

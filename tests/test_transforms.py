@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from c3dfeat import get_spec
+from c3dfeat import get_spec, list_models
 from c3dfeat.errors import ConfigError
 from c3dfeat.sampling import SamplingConfig, sample_clips
-from c3dfeat.transforms import ClipTransform, crop_offsets, resized_size
+from c3dfeat.transforms import ClipTransform, crop_offsets, resize_planes, resized_size
 
 C3D = get_spec("c3d").preprocessing
 R3D = get_spec("r3d_18").preprocessing
@@ -134,6 +134,42 @@ def test_ig65m_own_transform_arithmetic(hw, rng):
     ref = (video - torch.as_tensor(KINETICS_MEAN).reshape(shape)) / torch.as_tensor(KINETICS_STD).reshape(shape)
     ours = ClipTransform(dataclasses.replace(pre, crop_rounding="round"))(frames)[0]
     assert torch.equal(ours, ref)
+
+
+@pytest.fixture
+def threads():
+    """Sets torch's intra-op thread count; restored after the test."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_resize_planes_equals_the_multi_thread_kernel_at_any_thread_count(rng, threads, channels_last):
+    """PyTorch 2.13's kernel on a 3-channel image rounds otherwise with one thread (the first
+    assertion shows it here, so the second is not vacuous); resize_planes does not."""
+    x = torch.from_numpy(rng.integers(0, 256, size=(8, 240, 320, 3), dtype=np.uint8)).float().permute(0, 3, 1, 2)
+    x = x if channels_last else x.contiguous()
+    threads(2)
+    ref = F.interpolate(x, size=(128, 171), mode="bilinear", align_corners=False)
+    threads(1)
+    assert not torch.equal(F.interpolate(x, size=(128, 171), mode="bilinear", align_corners=False), ref)
+    for n in (1, 2, 3):
+        threads(n)
+        assert torch.equal(resize_planes(x, (128, 171)), ref)
+
+
+@pytest.mark.parametrize("hw", [(240, 320), (101, 77), (720, 1280)])
+def test_every_models_transform_is_the_same_at_one_thread_as_at_several(hw, rng, threads):
+    """A decode process runs one thread, the calling process several: same clips (every resize
+    path: torch's kernel on pixels or divided frames, the gather of large frames, the Caffe resize)."""
+    frames = rng.integers(0, 256, size=(16, *hw, 3), dtype=np.uint8)
+    for name in [*list_models(), "r2plus1d_34.ig65m_8f"]:
+        transform = ClipTransform(get_spec(name).preprocessing)
+        threads(2)
+        several = transform(frames)
+        threads(1)
+        assert torch.equal(transform(frames), several), name
 
 
 @pytest.mark.parametrize("hw", [(240, 320), (480, 360)])
