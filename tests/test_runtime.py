@@ -150,6 +150,7 @@ def test_extract_without_workers_uses_the_default_for_its_device_and_records_it(
     assert run["python"] == platform.python_version() and run["numpy"] == np.__version__
     assert run["decoder_versions"] == {"av": av.__version__, "ffmpeg": av.ffmpeg_version_info}
     assert "gpu" not in run and "cuda" not in run  # on a GPU: its name, CUDA and cuDNN (test_cuda.py)
+    assert run["torch_threads"] == torch.get_num_threads()  # what ran the model (capped at the usable cores)
 
 
 # ----------------------------------------------------------------------------- a GPU torch cannot use

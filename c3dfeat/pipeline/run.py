@@ -137,7 +137,8 @@ def model_warnings(prepared: Sequence[PreparedModel], device: torch.device, dtyp
 
 def environment(device: torch.device, decoder: str) -> Dict[str, Any]:
     """What else shaped this process's bits, for the `run` record (not compared): Python and
-    numpy, the decoder's library and FFmpeg, and on a GPU its name, CUDA and cuDNN."""
+    numpy, the decoder's library and FFmpeg, on a GPU its name, CUDA and cuDNN, and on the CPU
+    torch's thread count (its kernels round otherwise with one thread than with several)."""
     import platform
 
     import numpy as np
@@ -149,6 +150,8 @@ def environment(device: torch.device, decoder: str) -> Dict[str, Any]:
     if device.type == "cuda":
         env.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
                    cudnn=torch.backends.cudnn.version())
+    else:
+        env["torch_threads"] = torch.get_num_threads()
     return env
 
 
