@@ -319,7 +319,7 @@ def resize_planes(img: torch.Tensor, size: Tuple[int, int], antialias: bool = Fa
 # result is bit-identical to resize_planes (checked on torch 2.13 CPU). Because the kernel's
 # arithmetic depends on how PyTorch was built (and, for several channels, on the thread count:
 # resize_planes), each (geometry, threads) pair is checked against resize_planes on random
-# frames first; on any difference resize_planes itself is used. Either way the output is its.
+# frames first; on any difference resize_planes itself is used. Either way the output equals it.
 
 _FAST_OK: dict = {}
 # The gather costs ~3x more per output pixel than F.interpolate's kernel, but nothing per input

@@ -301,7 +301,7 @@ def _preload_decoder(decoder: str) -> None:
         try:
             _import_backend(backend)
         except DecoderUnavailableError:
-            pass  # the run checked its decoder; torchcodec's PyAV for AVI: the child raises it as a thread would
+            pass  # check_options checked the decoder; PyAV beside torchcodec: the child raises it, as a thread
 
 
 def _numel(shape: Sequence[int]) -> int:

@@ -28,7 +28,7 @@ def _import_backend(backend: str):
     if backend == "decord":
         try:
             import decord
-        except ImportError as e:  # pragma: no cover - depends on the platform
+        except ImportError as e:
             raise DecoderUnavailableError(
                 f"the decord backend is not installed ({e}); {_INSTALL_HINT['decord']}") from e
         # decord forwards ffmpeg's log (e.g. "[mpeg4] ac-tex damaged") to stderr by default.
@@ -37,7 +37,7 @@ def _import_backend(backend: str):
     if backend == "pyav":
         try:
             import av
-        except ImportError as e:  # pragma: no cover
+        except ImportError as e:
             raise DecoderUnavailableError(f"the pyav backend is not installed ({e}); {_INSTALL_HINT['pyav']}") from e
         av.logging.set_level(None)  # None = PyAV does not install ffmpeg's log callback: silent
         return av
