@@ -68,6 +68,12 @@ def info_command(file: Path, as_json: bool, max_failures: int) -> None:
     out.print(f"created: {s['created_utc']}  command: {s['command_line']}", markup=False)
     if s["run"]:
         out.print("run: " + ", ".join(f"{k} {v}" for k, v in _flat(s["run"])), markup=False)
+    if len(s["runs"]) > 1:  # resumed or merged: which run wrote how many videos
+        out.print(f"written by {len(s['runs'])} runs (FeatureFile.run_of gives a video's):")
+        for k, r in enumerate(s["runs"]):
+            out.print(f"  run {k}: {r['videos']} videos, started {r['started_utc']}"
+                      + (f", shard {r['shard']}" if r["shard"] else "") + ": "
+                      + ", ".join(f"{key} {v}" for key, v in _flat(r["run"])), markup=False)
     if s["shard"]:
         out.print(f"shard: {s['shard']}")
     for key, m in s["models"].items():

@@ -22,6 +22,7 @@ from c3dfeat.errors import ProvenanceMismatchError, StoreError
 from c3dfeat.store.files import WRITE_OPTIONS, open_read
 from c3dfeat.store.schema import (
     RUN_ATTRS,
+    RUN_INDEX,
     STATE_COMPLETE,
     STATE_INCOMPLETE,
     VIDEO_COLUMNS,
@@ -30,6 +31,8 @@ from c3dfeat.store.schema import (
     decode_str,
     model_infos,
     provenance_diff,
+    run_index_of,
+    runs_of,
 )
 
 BLOCK_BYTES = 128 << 20  # feature bytes read per block (the block is held twice in memory)
@@ -91,9 +94,19 @@ def copy_rows(
                 sel = file_of == k
                 oc[sel] = counts[m.key][k][row_of[sel]]
             out_counts[m.key] = oc
+        # The runs that wrote the rows: every source's list, joined; each row's index shifted to match.
+        src_runs = [runs_of(s) for s in srcs]
+        first_run = np.cumsum([0] + [len(r) for r in src_runs])
+        run_index = np.zeros(n_out, np.int32)
+        for k, (s, n) in enumerate(zip(srcs, n_src)):
+            sel = file_of == k
+            run_index[sel] = run_index_of(s, n)[row_of[sel]] + first_run[k]
         with h5py.File(tmp, "w", rdcc_nbytes=0, **WRITE_OPTIONS) as dst:
-            create_layout(dst, models, provenance, storage_dtype, run_attrs)
+            create_layout(dst, models, provenance, storage_dtype, run_attrs,
+                          runs=[entry for runs in src_runs for entry in runs])
             _presize(dst, models, n_out, {k: int(v.sum()) for k, v in out_counts.items()})
+            if n_out:
+                dst[f"videos/{RUN_INDEX}"][:] = run_index
             itemsize = np.dtype(storage_dtype).itemsize
             clip_floats = sum(int(np.prod(la.clip_shape)) for m in models for la in m.layers)
             video_floats = sum(la.dim for m in models for la in m.layers)

@@ -15,6 +15,7 @@ from c3dfeat.store.schema import (
     FORMAT,
     READABLE_VERSIONS,
     RUN_ATTRS,
+    RUN_INDEX,
     STATE_COMPLETE,
     STATE_INCOMPLETE,
     STATE_NEEDS_REPAIR,
@@ -26,6 +27,8 @@ from c3dfeat.store.schema import (
     decode_str,
     find_layer,
     model_infos,
+    run_index_of,
+    runs_of,
 )
 
 
@@ -61,6 +64,23 @@ class FeatureFile:
         for k in RUN_ATTRS:
             p[k] = decode_str(self._f.attrs.get(k, ""))
         return p
+
+    @property
+    def runs(self) -> List[Dict[str, Any]]:
+        """Every run that wrote this file, in order: its creation, each resume, and through a merge
+        the shards' runs; each {"command_line", "started_utc", "shard", "run": {device, batch size
+        ...}}. :attr:`run_index` says which one wrote each video."""
+        return runs_of(self._f)
+
+    @property
+    def run_index(self) -> np.ndarray:
+        """Per video (file order): the index in :attr:`runs` of the run that wrote it."""
+        return run_index_of(self._f, self.num_videos)
+
+    def run_of(self, video_id: str) -> Dict[str, Any]:
+        """The run (an entry of :attr:`runs`) that computed `video_id`'s features."""
+        i = self.index_of(video_id)
+        return self.runs[int(self._f[f"videos/{RUN_INDEX}"][i]) if f"videos/{RUN_INDEX}" in self._f else 0]
 
     @property
     def random_init(self) -> bool:

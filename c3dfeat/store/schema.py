@@ -28,6 +28,14 @@ RANDOM_INIT_WARNING = (
 # Root attributes that describe *this run* rather than the features; never compared.
 # `run` is JSON (device, batch size, engine, torch version ...).
 RUN_ATTRS = ("command_line", "created_utc", "shard", "run")
+# Dataset `/runs`: one JSON string per run that wrote to the file (its creation, each resume;
+# merge joins the inputs' lists), each {"command_line", "started_utc", "shard", "run"}; the video
+# column `run_index` gives each row's run. A dataset, appended row by row, not an attribute
+# rewritten whole: it stays as small as the other strings in HDF5's 4 KiB global-heap collections,
+# which in page-aligned files never straddle a page (docs/hdf5-schema.md, "Torn writes"). The
+# RUN_ATTRS stay the creating run's. A file from before them reads as one run that wrote every row.
+RUNS = "runs"
+RUN_INDEX = "run_index"
 # Root attribute `state`: "writing" while a writer has the file, then "complete" or "incomplete".
 STATE_WRITING = "writing"
 STATE_COMPLETE = "complete"
@@ -232,8 +240,10 @@ def create_layout(
     provenance: Mapping[str, Any],
     storage_dtype: str,
     run_attrs: Mapping[str, Any],
+    runs: Optional[Sequence[Mapping[str, Any]]] = None,
 ) -> None:
-    """Create every attribute and (empty, resizable) dataset: SWMR allows no new objects later."""
+    """Create every attribute and (empty, resizable) dataset: SWMR allows no new objects later.
+    `runs`: the `/runs` rows (default: the one run of `run_attrs`)."""
     f.attrs["format"] = FORMAT
     f.attrs["format_version"] = FORMAT_VERSION
     f.attrs["c3dfeat_version"] = __version__
@@ -252,6 +262,7 @@ def create_layout(
     g = f.create_group("videos")
     for name, dt in VIDEO_COLUMNS:
         g.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(TABLE_CHUNK,), dtype=dt)
+    create_run_index(f, 0)
     g["status"].attrs["codes"] = json.dumps(list(STATUS))
     itemsize = np.dtype(storage_dtype).itemsize
     mg = f.create_group("models")
@@ -297,6 +308,47 @@ def create_layout(
                 chunks=feature_chunk(layer, itemsize, per_clip=False),
                 dtype=storage_dtype,
             )
+    append_runs(f, [run_entry(run_attrs)] if runs is None else runs)
+
+
+def run_entry(run_attrs: Mapping[str, Any]) -> Dict[str, Any]:
+    """One row of `/runs`, from a run's RUN_ATTRS (`run` as its JSON text)."""
+    run = run_attrs.get("run") or "{}"
+    return {"command_line": str(run_attrs.get("command_line", "")),
+            "started_utc": str(run_attrs.get("created_utc", "")), "shard": str(run_attrs.get("shard", "")),
+            "run": json.loads(run) if isinstance(run, str) else dict(run)}
+
+
+def runs_of(f: h5py.File) -> List[Dict[str, Any]]:
+    """The runs that wrote an open file (`/runs`); a file from before them: its creating run."""
+    if RUNS in f:
+        return [json.loads(decode_str(x)) for x in f[RUNS][:]]
+    return [run_entry({k: decode_str(f.attrs.get(k, "")) for k in RUN_ATTRS})]
+
+
+def append_runs(f: h5py.File, entries: Sequence[Mapping[str, Any]]) -> None:
+    """Add rows to `/runs` (created when absent); before SWMR mode only (a writer's open)."""
+    if RUNS not in f:
+        f.create_dataset(RUNS, shape=(0,), maxshape=(None,), chunks=(64,), dtype=STR)
+    ds = f[RUNS]
+    n0 = ds.shape[0]
+    ds.resize(n0 + len(entries), axis=0)
+    if entries:
+        ds[n0:] = np.array([json.dumps(canon(dict(e)), sort_keys=True) for e in entries], dtype=object)
+
+
+def run_index_of(f: h5py.File, n: int) -> np.ndarray:
+    """Which entry of `runs_of(f)` wrote each of the first `n` video rows (int64)."""
+    if f"videos/{RUN_INDEX}" not in f:
+        return np.zeros(n, np.int64)
+    return np.asarray(f[f"videos/{RUN_INDEX}"][:n], np.int64)
+
+
+def create_run_index(f: h5py.File, n: int) -> None:
+    """The `run_index` column, `n` rows of 0 (a file from before it: its creating run wrote them)."""
+    ds = f["videos"].create_dataset(RUN_INDEX, shape=(n,), maxshape=(None,), chunks=(TABLE_CHUNK,), dtype=np.int32)
+    if n:
+        ds[:] = 0
 
 
 def model_infos(f: h5py.File) -> List[ModelInfo]:

@@ -5,6 +5,8 @@ import json
 from pathlib import Path
 from typing import Any, Dict, Union
 
+import numpy as np
+
 from c3dfeat.store.reader import FeatureFile
 from c3dfeat.store.schema import RUN_ATTRS, layer_record
 
@@ -40,4 +42,7 @@ def file_summary(path: Union[str, Path]) -> Dict[str, Any]:
             "created_utc": prov.get("created_utc", ""),
             "shard": prov.get("shard", ""),
             "run": json.loads(prov.get("run") or "{}"),
+            # every run that wrote it, with how many of its videos each wrote
+            "runs": [dict(entry, videos=int(count)) for entry, count in
+                     zip(ff.runs, np.bincount(ff.run_index, minlength=len(ff.runs)))],
         }

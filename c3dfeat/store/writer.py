@@ -32,6 +32,8 @@ from c3dfeat.store.recovery import (
 from c3dfeat.store.schema import (
     FORMAT,
     FORMAT_VERSION,
+    RUN_INDEX,
+    RUNS,
     STATE_COMPLETE,
     STATE_INCOMPLETE,
     STATE_WRITING,
@@ -43,12 +45,16 @@ from c3dfeat.store.schema import (
     ModelInfo,
     ModelResult,
     VideoRecord,
+    append_runs,
     canon,
     check_storage_dtype,
     create_layout,
+    create_run_index,
     decode_str,
     model_infos,
     provenance_diff,
+    run_entry,
+    runs_of,
     video_mean,
 )
 
@@ -74,6 +80,7 @@ class FeatureWriter:
         self._num_clips = {m.key: clip_count(f, m.key, self.num_videos) for m in models}
         ids = f["videos/id"][: self.num_videos] if self.num_videos else []
         self.done_ids: List[str] = [decode_str(i) for i in ids]
+        self.run_index = f[RUNS].shape[0] - 1  # this run: the last row of /runs (open_writer added it)
         self._datasets: Dict[str, h5py.Dataset] = {}
 
     def _ds(self, path: str) -> h5py.Dataset:
@@ -107,6 +114,7 @@ class FeatureWriter:
             if name == "status":
                 values = [STATUS.index(v) for v in values]
             self._append(f"videos/{name}", np.array(values, dtype=object if dt is STR else dt))
+        self._append(f"videos/{RUN_INDEX}", np.full(k, self.run_index, np.int32))
         for key, m in self.models.items():
             self._append_model(m, n0, [res.get(key) for _, res in items])
         f.flush()
@@ -245,7 +253,7 @@ def open_writer(
         if overwrite or not path.exists():
             w = _create(path, models, full, storage_dtype, run_attrs)
         else:
-            w = _resume(path, models, full, storage_dtype, retry_failed)
+            w = _resume(path, models, full, storage_dtype, retry_failed, run_attrs)
     except BaseException:
         lock.release()
         raise
@@ -270,7 +278,7 @@ def _create(path: Path, models: Sequence[ModelInfo], provenance: Mapping[str, An
 
 
 def _resume(path: Path, models: Sequence[ModelInfo], full: Mapping[str, Any], storage_dtype: str,
-            retry_failed: bool) -> FeatureWriter:
+            retry_failed: bool, run_attrs: Mapping[str, Any]) -> FeatureWriter:
     recovered = recover_file(path)
     if recovered:
         with damage_is_a_store_error(path):
@@ -291,6 +299,11 @@ def _resume(path: Path, models: Sequence[ModelInfo], full: Mapping[str, Any], st
                       state=(STATE_WRITING, ""))
             os.replace(tmp, path)  # atomic: a crash leaves the old file (failed rows and all)
             f = _reopen(path)
+        with damage_is_a_store_error(path):
+            if RUNS not in f:  # written before per-video runs: its creating run wrote every row
+                append_runs(f, runs_of(f))
+                create_run_index(f, int(f["committed"][0]))
+            append_runs(f, [run_entry(run_attrs)])  # this run: its videos' run_index
         f.attrs["state"] = STATE_WRITING
         f.attrs["state_reason"] = ""
         w = FeatureWriter(f, models, storage_dtype)
