@@ -71,6 +71,17 @@ def _spec(name: str, crop: int) -> ModelSpec:
     )
 
 
+def torchvision_preset_spec() -> ModelSpec:
+    """`tiny3d_tv`: the tiny network on R(2+1)D-18's own preprocessing (torchvision's uint8 resize
+    to 128x171, 112 crop), 4-frame clips every 4 native frames. Not registered by `register()`."""
+    import dataclasses
+
+    from c3dfeat import get_spec
+
+    pre = dataclasses.replace(get_spec("r2plus1d_18").preprocessing, clip_len=4, stride=4, frame_step=1, fps=None)
+    return dataclasses.replace(_spec("tiny3d_tv", pre.crop_size), preprocessing=pre)
+
+
 def register() -> list:
     """Register tiny3d / tiny3d_id (idempotent); returns the names this call added."""
     added = []

@@ -2,7 +2,8 @@
 
 Runs in every Ray worker process the tests start:
 
-* registers the tiny test models (the actors unpickle them; decoders use their transforms);
+* registers the tiny test models (the actors unpickle them; decoders use their transforms), and
+  `tiny3d_tv` (the tiny network on R(2+1)D-18's preprocessing);
 * writes this worker's node id under ``$C3DFEAT_TEST_NODES`` (when set): the cluster test checks
   that both nodes did work;
 * wraps ``c3dfeat.video.open_video`` so that the *first* time any worker reads the second window
@@ -23,9 +24,18 @@ KILL_MARK = "kill-me"
 
 
 def setup() -> None:
+    import torch
+
+    # A Ray task sees OMP_NUM_THREADS=1 and, without this hook, torch runs one thread there; torch
+    # imported by this hook kept the machine's count (measured: 2 vs 1). Decode tasks must run as
+    # they do for users: one thread.
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 1))
+    from c3dfeat.models._registry import _REGISTRY
     from tests import _extract_tiny
 
     _extract_tiny.register()
+    spec = _extract_tiny.torchvision_preset_spec()
+    _REGISTRY.setdefault(spec.name, spec)
     nodes = os.environ.get("C3DFEAT_TEST_NODES")
     if nodes:
         import ray

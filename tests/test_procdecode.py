@@ -2,7 +2,6 @@
 that dies fails only its video, children that keep dying stop the run, nothing left behind."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import multiprocessing
 import os
@@ -85,12 +84,10 @@ def test_processes_give_the_threads_file_for_a_model_torch_resizes(tmp_path, mon
     """A decode process runs one torch thread, the calling process several; torchvision's uint8
     resize (R(2+1)D-18's preset) rounded some pixels to another level at one thread (before
     transforms.resize_planes), so the two worker kinds gave different clips."""
-    from c3dfeat import get_spec
     from c3dfeat.models._registry import _REGISTRY
-    from tests._extract_tiny import _spec
+    from tests._extract_tiny import torchvision_preset_spec
 
-    pre = dataclasses.replace(get_spec("r2plus1d_18").preprocessing, clip_len=4, stride=4, frame_step=1, fps=None)
-    spec = dataclasses.replace(_spec("tiny3d_tv", pre.crop_size), preprocessing=pre)
+    spec = torchvision_preset_spec()
     monkeypatch.setitem(_REGISTRY, spec.name, spec)
     make_video(tmp_path / "v" / "a.mp4", 24, size=(240, 320), noise=20)  # 6 clips: 3 levels differed
     models = [("tiny3d_tv", ["input"])]

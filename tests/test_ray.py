@@ -88,6 +88,21 @@ def test_local_runtime_equals_in_process(ray_runtime, videos, reference, tmp_pat
     assert _run_attr(out)["engine"] == "ray" and _run_attr(reference)["engine"] == "local"
 
 
+def test_a_model_torch_resizes_gives_the_in_process_file(ray_runtime, tmp_path, monkeypatch):
+    """Ray's decode tasks run one torch thread, the in-process engine's decode threads several
+    (torchvision's uint8 resize rounded otherwise at one thread before transforms.resize_planes)."""
+    from c3dfeat.models._registry import _REGISTRY
+    from tests._extract_tiny import torchvision_preset_spec
+
+    spec = torchvision_preset_spec()
+    monkeypatch.setitem(_REGISTRY, spec.name, spec)
+    make_video(tmp_path / "v" / "a.mp4", 24, size=(240, 320), noise=20)
+    models = [("tiny3d_tv", ["input"])]
+    extract([tmp_path / "v"], tmp_path / "ref.h5", models, worker_kind="thread", **OPTS)
+    extract([tmp_path / "v"], tmp_path / "ray.h5", models, engine="ray", **OPTS)
+    _assert_same_datasets(tmp_path / "ray.h5", tmp_path / "ref.h5")
+
+
 def test_worker_killed_mid_video_is_retried(ray_runtime, tmp_path):
     d = tmp_path / "vids"
     # 80 frames of 32x32: several decode windows, so the kill lands after clips were emitted
