@@ -80,7 +80,7 @@ class FeatureWriter:
         self._num_clips = {m.key: clip_count(f, m.key, self.num_videos) for m in models}
         ids = f["videos/id"][: self.num_videos] if self.num_videos else []
         self.done_ids: List[str] = [decode_str(i) for i in ids]
-        self.run_index = f[RUNS].shape[0] - 1  # this run: the last row of /runs (open_writer added it)
+        self._run_row = f[RUNS].shape[0] - 1  # this run: the last row of /runs (open_writer added it)
         self._datasets: Dict[str, h5py.Dataset] = {}
 
     def _ds(self, path: str) -> h5py.Dataset:
@@ -114,7 +114,7 @@ class FeatureWriter:
             if name == "status":
                 values = [STATUS.index(v) for v in values]
             self._append(f"videos/{name}", np.array(values, dtype=object if dt is STR else dt))
-        self._append(f"videos/{RUN_INDEX}", np.full(k, self.run_index, np.int32))
+        self._append(f"videos/{RUN_INDEX}", np.full(k, self._run_row, np.int32))
         for key, m in self.models.items():
             self._append_model(m, n0, [res.get(key) for _, res in items])
         f.flush()
