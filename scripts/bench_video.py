@@ -24,6 +24,10 @@ Measured 2026-11-26 on the 2-core dev machine while five engineers shared it (lo
       ir_csn_152  center 320x240 -> 224   148        113
       c3d     center   640x360            199        167
       c3d     center   1280x720            61        158   (2 threads: uint8-gather resize)
+
+Since 2026-11-30 the torch resize runs on one-channel planes (transforms.resize_planes: the same
+bits at any thread count); one-thread figures of the torch-resized models rose 1.5-6x (the
+uint8 gather now passes its check at one thread too): docs/sampling.md, "Speed".
 """
 from __future__ import annotations
 
