@@ -317,9 +317,9 @@ def resize_planes(img: torch.Tensor, size: Tuple[int, int], antialias: bool = Fa
 # Emulating that (an fma is exact in float64, then rounded once to float32) on only the
 # pixels the crops need is several times faster than converting whole frames to float, and the
 # result is bit-identical to resize_planes (checked on torch 2.13 CPU). Because the kernel's
-# arithmetic depends on how PyTorch was built (and, for several channels, on the thread count:
-# resize_planes), each (geometry, threads) pair is checked against resize_planes on random
-# frames first; on any difference resize_planes itself is used. Either way the output equals it.
+# arithmetic depends on how PyTorch was built, each geometry is checked against resize_planes on
+# random frames first; on any difference resize_planes itself is used. Either way the output
+# equals it. (Neither depends on the thread count: resize_planes.)
 
 _FAST_OK: dict = {}
 # The gather costs ~3x more per output pixel than F.interpolate's kernel, but nothing per input
@@ -368,9 +368,7 @@ def _bilinear_gather(
 
 
 def _fast_bilinear_is_exact(h: int, w: int, rh: int, rw: int) -> bool:
-    # PyTorch's kernel itself gives different float32 results with 1 intra-op thread than with
-    # several (torch 2.13, AVX512 build), so the thread count is part of the key.
-    key = (h, w, rh, rw, torch.get_num_threads())
+    key = (h, w, rh, rw)
     if key not in _FAST_OK:
         gen = torch.Generator().manual_seed(h * 7919 + w)
         probe = torch.randint(0, 256, (2, h, w, 3), generator=gen, dtype=torch.uint8)

@@ -42,6 +42,11 @@ def _flat(record: Dict[str, Any], prefix: str = "") -> List[Tuple[str, Any]]:
     return pairs
 
 
+def _one_line(record: Dict[str, Any]) -> str:
+    """A nested run record on one line: "batch_size 4, decoder_versions.av 18.1.0, device cpu"."""
+    return ", ".join(f"{k} {v}" for k, v in _flat(record))
+
+
 @cli.command("info")
 @_feature_file
 @options.as_json
@@ -67,13 +72,12 @@ def info_command(file: Path, as_json: bool, max_failures: int) -> None:
     out.print(f"videos: {s['videos']} ({s['ok']} ok, {s['failed']} failed)")
     out.print(f"created: {s['created_utc']}  command: {s['command_line']}", markup=False)
     if s["run"]:
-        out.print("run: " + ", ".join(f"{k} {v}" for k, v in _flat(s["run"])), markup=False)
+        out.print("run: " + _one_line(s["run"]), markup=False)
     if len(s["runs"]) > 1:  # resumed or merged: which run wrote how many videos
         out.print(f"written by {len(s['runs'])} runs (FeatureFile.run_of gives a video's):")
         for k, r in enumerate(s["runs"]):
             out.print(f"  run {k}: {r['videos']} videos, started {r['started_utc']}"
-                      + (f", shard {r['shard']}" if r["shard"] else "") + ": "
-                      + ", ".join(f"{key} {v}" for key, v in _flat(r["run"])), markup=False)
+                      + (f", shard {r['shard']}" if r["shard"] else "") + ": " + _one_line(r["run"]), markup=False)
     if s["shard"]:
         out.print(f"shard: {s['shard']}")
     for key, m in s["models"].items():

@@ -345,10 +345,9 @@ def run_index_of(f: h5py.File, n: int) -> np.ndarray:
 
 
 def create_run_index(f: h5py.File, n: int) -> None:
-    """The `run_index` column, `n` rows of 0 (a file from before it: its creating run wrote them)."""
-    ds = f["videos"].create_dataset(RUN_INDEX, shape=(n,), maxshape=(None,), chunks=(TABLE_CHUNK,), dtype=np.int32)
-    if n:
-        ds[:] = 0
+    """The `run_index` column, `n` rows of 0, HDF5's fill value (a file from before it: its creating
+    run wrote them)."""
+    f["videos"].create_dataset(RUN_INDEX, shape=(n,), maxshape=(None,), chunks=(TABLE_CHUNK,), dtype=np.int32)
 
 
 def model_infos(f: h5py.File) -> List[ModelInfo]:
